@@ -1,0 +1,41 @@
+# The README's two commands are `make demo` and `make test`; each sets up .venv first if missing.
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+# CPU build that lies on disk here; on a GPU machine: make TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC  ?= torch==2.13.0
+GPTQMODEL   ?= gptqmodel==7.6.0
+PIP         := $(BIN)/python -m pip
+CORES       := $(shell nproc 2>/dev/null || echo 2)
+export GPTQMODEL_CPU_WORKERS ?= $(CORES)
+
+.PHONY: setup demo test lint ui clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@echo ">> torch first, pinned ($(TORCH_SPEC)): an unpinned torch pulls a multi-GB CUDA build"
+	$(PIP) install -q $(TORCH_SPEC)
+	@echo ">> genbound with dev extras"
+	$(PIP) install -q -e '.[dev]'
+	@echo ">> $(GPTQMODEL) with --no-deps (it pins protobuf>=7.34; dagster needs <7; runtime deps are in pyproject)"
+	$(PIP) install -q --no-deps --no-build-isolation $(GPTQMODEL)
+	@$(PIP) check || echo ">> pip check: only GPTQModel's protobuf pin is expected above (see README)"
+	@touch $@
+
+demo: setup
+	$(BIN)/genbound demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check genbound_assets genbound_assets_tests bench
+
+ui: setup
+	$(BIN)/genbound ui
+
+clean-venv:
+	rm -rf $(VENV)

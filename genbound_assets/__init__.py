@@ -1,0 +1,1 @@
+"""genbound: provable token-level generalization bounds for LLM checkpoint families."""
