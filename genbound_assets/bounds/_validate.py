@@ -9,7 +9,10 @@ import numpy as np
 
 def finite_array(name: str, values, *, allow_empty: bool = False) -> np.ndarray:
     """Return `values` as a 1-d float64 array; reject NaN/inf and (unless allowed) emptiness."""
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-d array of numbers") from None
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0 and not allow_empty:
@@ -61,6 +64,11 @@ def probability(name: str, value) -> float:
 
 
 def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+    # int() of NaN/inf/str/None raises without naming the argument: catch it here.
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

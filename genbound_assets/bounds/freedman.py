@@ -42,6 +42,16 @@ def freedman_grid(grid_size: int = 1000) -> np.ndarray:
     return np.arange(1, grid_size + 1, dtype=np.float64) / (grid_size + 1)
 
 
+def check_grid(grid) -> np.ndarray:
+    """Validate an explicit K (the s = t*Delta values of Thm 3.1): strictly increasing, inside (0, 1)."""
+    g = finite_array("grid", grid)
+    if g[0] <= 0.0 or g[-1] >= 1.0:
+        raise ValueError(f"grid must lie inside (0, 1), got [{g[0]!r}, {g[-1]!r}]")
+    if np.any(np.diff(g) <= 0.0):
+        raise ValueError("grid must be strictly increasing")
+    return g
+
+
 def freedman_complexity(delta: float, n_tokens: int, grid_size: int = 1000,
                         complexity_nats: float = 0.0) -> float:
     """C = (L(h) + log(|K|/delta)) / n  (Thm 3.1 with Lemma 3.2's prefix-code cost L(h) in nats)."""
@@ -138,19 +148,26 @@ class FreedmanBound:
 
 def freedman_bound(losses, proxies, loss_range: float, delta: float, complexity_nats: float = 0.0,
                    grid_size: int = 1000, n_tokens: int | None = None, *,
-                   exhaustive: bool = False) -> FreedmanBound:
+                   exhaustive: bool = False, grid=None) -> FreedmanBound:
     """Empirical Freedman bound, Theorem 3.1 (eq. 1) / Lemma 3.2 (eq. 2).
 
     losses: X_k; proxies: Y_k (F_{k-1}-measurable, e.g. the model's entropy at that context);
     loss_range: Delta with X_k - Y_k <= Delta; complexity_nats: L(h) (Lemma 3.2), 0 for Thm 3.1;
     n_tokens: n = D, the number of tokens the statement is about (default len(losses)); means
-    over k are sample means over the given arrays.  The grid is K = {i/(grid_size+1)}.
+    over k are sample means over the given arrays.  The grid is K = {i/(grid_size+1)}, or the
+    explicit `grid` (then |K| = len(grid) and grid_size is ignored).  Only t = s/Delta enters the
+    bound, so two bounds with different Delta share one union-bound event only if their t-grids
+    coincide; otherwise reporting the better of them costs log 2 (docs/bounds.md).
     """
     x, a, loss_range = scaled_differences(losses, proxies, loss_range)
     n = len(x) if n_tokens is None else positive_int("n_tokens", n_tokens)
-    grid_size = positive_int("grid_size", grid_size)
+    if grid is None:
+        grid_size = positive_int("grid_size", grid_size)
+        grid = freedman_grid(grid_size)
+    else:
+        grid = check_grid(grid)
+        grid_size = len(grid)
     complexity = freedman_complexity(delta, n, grid_size, complexity_nats)
-    grid = freedman_grid(grid_size)
     i = _argmin_on_grid(grid, lambda s: gap_at(s, a, complexity, loss_range), exhaustive)
     s = float(grid[i])
     mean_v = float(v(s * a).mean())
