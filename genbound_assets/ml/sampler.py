@@ -1,0 +1,97 @@
+"""The bound's m token-context pairs, and calibration windows disjoint from them (docs/data.md).
+
+Pairs: Thm 3.4's empirical risk is a mean over a checkpoint's own D_t targets; we estimate it
+from m pairs drawn uniformly *with replacement* from those D_t targets.  The randomness is m
+seeded uniforms u_i in [0, 1), drawn once per family and stored; checkpoint t's i-th pair is
+``target_positions(prefix_t)[floor(u_i * D_t)]``.  Each checkpoint thus gets an exactly uniform
+iid sample of its own targets, and the samples are paired across checkpoints (same u_i), which
+shrinks the noise of differences along the family.
+
+Calibration: data that shapes the quantized model (GPTQ calibration, Hessian batches) is chosen
+as grid-aligned training windows inside the checkpoint's consumed prefix that contain none of the
+bound's sampled positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genbound_assets.ml.stream import TokenStream, _check_prefix
+
+__all__ = ["draw_uniforms", "positions_for", "calibration_windows", "contexts"]
+
+
+def draw_uniforms(m: int, seed: int) -> np.ndarray:
+    """m iid uniforms in [0, 1) (float64) from ``numpy.random.default_rng(seed)``."""
+    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
+        raise ValueError(f"m must be a positive integer, got {m!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(int(seed)).random(int(m), dtype=np.float64)
+
+
+def positions_for(u, stream: TokenStream, prefix_len: int | None = None) -> np.ndarray:
+    """Map uniforms to target positions of ``stream.tokens[:prefix_len]``:
+    ``target_positions(prefix_len)[floor(u * n_targets(prefix_len))]`` (computed without
+    materializing all targets).  Every result is a target (never a separator) < prefix_len."""
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 1 or u.size == 0:
+        raise ValueError(f"u must be a non-empty 1-D array, got shape {u.shape}")
+    if not np.all((u >= 0.0) & (u < 1.0)):
+        raise ValueError("u must lie in [0, 1)")
+    n = len(stream) if prefix_len is None else _check_prefix(stream, prefix_len)
+    d = stream.n_targets(n)
+    if d < 1:
+        raise ValueError(f"the prefix of {n} tokens holds no targets")
+    k = np.minimum(np.floor(u * d).astype(np.int64), d - 1)
+    return stream.target_at(k)
+
+
+def calibration_windows(
+    stream: TokenStream,
+    prefix_len: int,
+    n_windows: int,
+    window_len: int,
+    seed: int,
+    exclude_positions,
+) -> np.ndarray:
+    """Start offsets of ``n_windows`` distinct windows ``[s, s + window_len)`` inside
+    ``tokens[:prefix_len]`` that contain none of ``exclude_positions`` (the bound's sampled
+    positions).  Candidates are the grid ``s = j * window_len`` (non-overlapping, aligned like
+    training chunks, may span documents); the admissible ones are sampled without replacement
+    with ``numpy.random.default_rng(seed)`` and returned sorted.
+    """
+    n = _check_prefix(stream, prefix_len)
+    for name, v in (("n_windows", n_windows), ("window_len", window_len)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    w = int(window_len)
+    starts = np.arange(0, n - w + 1, w, dtype=np.int64)
+    if starts.size == 0:
+        raise ValueError(f"window_len {w} exceeds prefix_len {n}")
+    ex = np.unique(np.asarray(exclude_positions, dtype=np.int64).ravel())
+    if ex.size:
+        blocked = np.unique(ex[ex < starts[-1] + w] // w)
+        ok = np.ones(starts.size, dtype=bool)
+        ok[blocked[blocked < starts.size]] = False
+        starts = starts[ok]
+    if starts.size < n_windows:
+        raise ValueError(
+            f"only {starts.size} windows of {w} tokens in the first {n} tokens avoid the "
+            f"{ex.size} excluded positions; asked for {n_windows} (use shorter windows or fewer)"
+        )
+    rng = np.random.default_rng(int(seed))
+    return np.sort(rng.choice(starts, size=int(n_windows), replace=False))
+
+
+def contexts(stream: TokenStream, positions, T: int) -> list[np.ndarray]:
+    """Each pair's context token ids: ``tokens[max(doc_start(p), p - T) : p]``, the up-to-T
+    preceding tokens of the same document (it begins with the separator iff it reaches the
+    document start)."""
+    if isinstance(T, bool) or not isinstance(T, int | np.integer) or T < 1:
+        raise ValueError(f"T (context length) must be a positive integer, got {T!r}")
+    pos = np.asarray(positions, dtype=np.int64).ravel()
+    cs = stream.context_starts(pos, int(T))
+    return [stream.tokens[a:p] for a, p in zip(cs.tolist(), pos.tolist(), strict=True)]
