@@ -1,0 +1,294 @@
+"""Per-token losses and entropies of a causal LM on token-context pairs of a TokenStream.
+
+For each sampled target position p (context tokens[max(doc_start(p), p - T):p], see stream.py)
+and the model's next-token distribution p(.|ctx) over the full logit dimension V:
+
+    loss      X   = -log p(x_p | ctx)
+    entropy   Y   = H(p(.|ctx)) = -sum_v p(v) log p(v)          (0 log 0 = 0)
+and for each smoothing weight alpha (Lemma 3.3, q = (1 - alpha) p + alpha / V):
+    smoothed_loss[alpha]     X_s = -log q(x_p)
+    smoothed_entropy[alpha]  Y_s = H(q)
+
+Y_s needs the whole distribution, so every alpha must be fixed before the forward pass.  The
+order in a bound is: quantize -> code length L(h) -> complexity C -> alpha = optimal_alpha(C, V)
+-> token_losses(..., alphas=(alpha,)).  Equally valid (any alpha chosen independently of the
+sample is): evaluate a declared alpha grid once and use the grid point nearest optimal_alpha(C, V).
+
+Exactness.  Contexts are right-padded to the batch's longest row, so with plain causal attention a
+real token never attends to padding and positions 0..len-1 are the ones a lone forward pass would
+use: no attention mask or position_ids are needed and each row's prediction is that of the context
+alone (up to float rounding of differently shaped matmuls).  Pairs share one forward pass exactly
+when their contexts start at the same stream index s: the window tokens[s:p_max] then contains
+every such target's full context as a prefix, and the hidden state at offset p - s - 1 predicts
+tokens[p].  Only the hidden states of the wanted rows go through the LM head; log-softmax and all
+reductions run in float32 (sums accumulated in float64) whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .models import resolve_device_dtype
+from .stream import TokenStream
+
+# Rows of the LM head evaluated at once: rows * V float32 logits stay near this many elements.
+_HEAD_CHUNK_ELEMS = 1 << 25
+_PAD_ID = 0
+
+
+@dataclass(frozen=True)
+class TokenLosses:
+    """Per-pair results aligned with `positions` (float64, nats)."""
+
+    positions: np.ndarray
+    loss: np.ndarray
+    entropy: np.ndarray
+    vocab_size: int
+    context_length: int
+    smoothed_loss: dict[float, np.ndarray] = field(default_factory=dict)
+    smoothed_entropy: dict[float, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Forward passes for a set of pairs: window w is tokens[start[w]:end[w]] and pair i is read
+    from window pair_window[i] at offset pair_offset[i] (= p - start - 1)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    pair_window: np.ndarray
+    pair_offset: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+
+def optimal_alpha(complexity: float, vocab_size: int) -> float:
+    """The smoothing weight minimising Lemma 3.3's bound (Thm A.6): alpha = V C / ((V-1)(1+C))."""
+    c, v = float(complexity), int(vocab_size)
+    if not (c > 0 and math.isfinite(c)) or v < 2:
+        raise ValueError("need complexity > 0 and vocab_size >= 2")
+    return v * c / ((v - 1) * (1 + c))
+
+
+def plan_windows(stream: TokenStream, positions, context_length: int) -> WindowPlan:
+    """Group pairs whose contexts start at the same stream index into one window each."""
+    pos = np.asarray(positions)
+    if pos.ndim != 1:
+        raise ValueError("positions must be one-dimensional")
+    if pos.size and not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError("positions must be integers")
+    pos = pos.astype(np.int64, copy=False)
+    if int(context_length) < 1:
+        raise ValueError("context_length must be >= 1")
+    if pos.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return WindowPlan(empty, empty, empty, empty)
+    bad = (pos <= 0) | (pos >= len(stream))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"positions[{i}] = {int(pos[i])} is outside the stream's target range [1, {len(stream)})"
+        )
+    ds = stream.doc_start_of(pos)
+    if np.any(ds == pos):
+        i = int(np.flatnonzero(ds == pos)[0])
+        raise ValueError(
+            f"positions[{i}] = {int(pos[i])} is a document-opening separator, not a target"
+        )
+    cstart = stream.context_starts(pos, int(context_length))
+    start, pair_window = np.unique(cstart, return_inverse=True)
+    end = np.zeros(len(start), dtype=np.int64)
+    np.maximum.at(end, pair_window, pos)
+    return WindowPlan(start, end, pair_window.astype(np.int64), pos - cstart - 1)
+
+
+def _check_vocab(stream: TokenStream, plan: WindowPlan, positions: np.ndarray, vocab: int):
+    """Every token a window reads (contexts and targets: tokens[start:end + 1]) must be < V."""
+    toks = stream.tokens
+    for w in range(len(plan.start)):
+        s, e = int(plan.start[w]), int(plan.end[w]) + 1
+        seg = toks[s:e]
+        if seg.min() < 0 or seg.max() >= vocab:
+            off = int(np.flatnonzero((seg < 0) | (seg >= vocab))[0])
+            where = s + off
+            in_w = np.flatnonzero(plan.pair_window == w)
+            hit = in_w[positions[in_w] >= where]
+            j = int(hit[0]) if hit.size else int(in_w[0])
+            raise ValueError(
+                f"token id {int(seg[off])} at stream position {where} is outside the model's "
+                f"vocabulary [0, {vocab}) (it is in the context/target of positions[{j}] = "
+                f"{int(positions[j])})"
+            )
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    p = next(model.parameters())
+    return p.device, torch.float32
+
+
+def _split_model(model):
+    """(trunk, head): trunk(ids) -> final hidden states, head(h) -> logits.  For GPTNeoX this is
+    exactly the model's own forward split before the LM head; other models run whole."""
+    from transformers import GPTNeoXForCausalLM
+
+    if isinstance(model, GPTNeoXForCausalLM):
+        trunk, head = model.gpt_neox, model.get_output_embeddings()
+
+        def run_trunk(ids):
+            return trunk(input_ids=ids, use_cache=False).last_hidden_state
+
+        return run_trunk, head
+    return None, None
+
+
+def token_losses(
+    model,
+    stream: TokenStream,
+    positions,
+    context_length: int,
+    alphas: Sequence[float] = (),
+    batch_size: int = 64,
+    device=None,
+    dtype=None,
+    progress: bool = False,
+) -> TokenLosses:
+    """Loss X, entropy Y and smoothed X_s, Y_s of `model` on the pairs at `positions`.
+
+    device/dtype: None keeps the model where and as it is; otherwise the model is moved/cast in
+    place (like nn.Module.to).  batch_size counts windows (forward rows) per pass.  Raises
+    ValueError for positions outside the stream or at a separator, a token id outside [0, V) in
+    any context or target (naming the position), or an alpha outside (0, 1).
+    """
+    pos = np.asarray(positions)
+    alpha_list = [float(a) for a in alphas]
+    for a in alpha_list:
+        if not (0.0 < a < 1.0):
+            raise ValueError(f"smoothing alpha must lie in (0, 1), got {a}")
+    if int(batch_size) < 1:
+        raise ValueError("batch_size must be >= 1")
+    plan = plan_windows(stream, pos, context_length)
+    pos = pos.astype(np.int64, copy=False)
+    vocab = int(model.config.vocab_size)
+    _check_vocab(stream, plan, pos, vocab)
+
+    n = len(pos)
+    loss = np.empty(n)
+    ent = np.empty(n)
+    s_loss = {a: np.empty(n) for a in alpha_list}
+    s_ent = {a: np.empty(n) for a in alpha_list}
+    if n == 0:
+        return TokenLosses(pos, loss, ent, vocab, int(context_length), s_loss, s_ent)
+
+    if device is not None or dtype is not None:
+        cur_dev, cur_dt = _model_device_dtype(model)
+        dev, dt = resolve_device_dtype(device if device is not None else cur_dev,
+                                       dtype if dtype is not None else cur_dt)
+        model.to(device=dev, dtype=dt)
+    dev, _ = _model_device_dtype(model)
+    trunk, head = _split_model(model)
+
+    # Unique (window, offset) rows: exact duplicates are computed once.
+    key = plan.pair_window * (int(context_length) + 1) + plan.pair_offset
+    ukey, pair_row = np.unique(key, return_inverse=True)
+    row_window = ukey // (int(context_length) + 1)
+    row_offset = ukey % (int(context_length) + 1)
+    row_target = stream.tokens[plan.start[row_window] + row_offset + 1]
+    n_rows = len(ukey)
+    r_loss, r_ent = np.empty(n_rows), np.empty(n_rows)
+    r_sloss = {a: np.empty(n_rows) for a in alpha_list}
+    r_sent = {a: np.empty(n_rows) for a in alpha_list}
+    # rows sorted by window (np.unique sorts keys), so each window's rows are a contiguous range
+    w_first = np.searchsorted(row_window, np.arange(len(plan.start)), side="left")
+    w_last = np.searchsorted(row_window, np.arange(len(plan.start)), side="right")
+
+    pairs_per_window = np.bincount(plan.pair_window, minlength=len(plan.start))
+    order = np.argsort(-plan.lengths, kind="stable")  # longest first: OOM shows up at once
+    log_keep = [math.log1p(-a) for a in alpha_list]
+    log_unif = [math.log(a / vocab) for a in alpha_list]
+    chunk = max(1, _HEAD_CHUNK_ELEMS // vocab)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=n, unit="pair", disable=not progress, desc="token losses")
+    try:
+        with torch.inference_mode():
+            for b0 in range(0, len(order), int(batch_size)):
+                wins = order[b0:b0 + int(batch_size)]
+                lens = plan.lengths[wins]
+                width = int(lens.max())
+                ids = np.full((len(wins), width), _PAD_ID, dtype=np.int64)
+                rows, flat = [], []
+                for i, w in enumerate(wins):
+                    s, e = int(plan.start[w]), int(plan.end[w])
+                    ids[i, : e - s] = stream.tokens[s:e]
+                    r = np.arange(w_first[w], w_last[w])
+                    rows.append(r)
+                    flat.append(i * width + row_offset[r])
+                rows = np.concatenate(rows)
+                flat_t = torch.from_numpy(np.concatenate(flat)).to(dev)
+                ids_t = torch.from_numpy(ids).to(dev)
+                if trunk is not None:
+                    hid = trunk(ids_t)
+                else:  # whole model: "hidden" rows are already logits
+                    hid = model(input_ids=ids_t, use_cache=False).logits
+                hid = hid.reshape(-1, hid.shape[-1]).index_select(0, flat_t)
+                tgt_t = torch.from_numpy(row_target[rows]).to(dev)
+                out = {"loss": [], "ent": [], "sl": [[] for _ in alpha_list],
+                       "se": [[] for _ in alpha_list]}
+                for c0 in range(0, len(rows), chunk):
+                    logits = hid[c0:c0 + chunk]
+                    logits = (head(logits) if head is not None else logits).float()
+                    if logits.shape[-1] != vocab:
+                        raise ValueError(
+                            f"model logit dimension {logits.shape[-1]} != config.vocab_size {vocab}"
+                        )
+                    logp = torch.log_softmax(logits, dim=-1)
+                    del logits
+                    lp_x = logp.gather(1, tgt_t[c0:c0 + chunk, None])[:, 0].double()
+                    out["loss"].append(-lp_x)
+                    p = logp.exp()
+                    out["ent"].append(
+                        -(p * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(
+                            -1, dtype=torch.float64)
+                    )
+                    del p
+                    for k in range(len(alpha_list)):
+                        out["sl"][k].append(-torch.logaddexp(
+                            lp_x + log_keep[k], torch.full_like(lp_x, log_unif[k])))
+                        logq = torch.logaddexp(logp + log_keep[k],
+                                               torch.tensor(log_unif[k], device=dev))
+                        out["se"][k].append(-(logq.exp() * logq).sum(-1, dtype=torch.float64))
+                        del logq
+                    del logp
+                r_loss[rows] = torch.cat(out["loss"]).cpu().numpy()
+                r_ent[rows] = torch.cat(out["ent"]).cpu().numpy()
+                for k, a in enumerate(alpha_list):
+                    r_sloss[a][rows] = torch.cat(out["sl"][k]).cpu().numpy()
+                    r_sent[a][rows] = torch.cat(out["se"][k]).cpu().numpy()
+                bar.update(int(pairs_per_window[wins].sum()))
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    loss[:] = r_loss[pair_row]
+    ent[:] = r_ent[pair_row]
+    for a in alpha_list:
+        s_loss[a][:] = r_sloss[a][pair_row]
+        s_ent[a][:] = r_sent[a][pair_row]
+    if np.isnan(loss).any() or np.isnan(ent).any():
+        raise FloatingPointError("the model produced NaN log-probabilities (overflow in low "
+                                 "precision?); try dtype=torch.float32")
+    return TokenLosses(pos, loss, ent, vocab, int(context_length), s_loss, s_ent)
