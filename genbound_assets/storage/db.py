@@ -115,8 +115,11 @@ def embedded_pid(root: Path | str | None = None) -> int | None:
         return None
 
 
-def stop_embedded(root: Path | str | None = None) -> bool:
-    """Stop the embedded server in ``<root>/pg``; return False if none was running."""
+def stop_embedded(root: Path | str | None = None, *, mode: str = "fast") -> bool:
+    """Stop the embedded server in ``<root>/pg``; return False if none was running.
+
+    ``mode`` is pg_ctl's shutdown mode: "fast" (default) or "immediate" (for throwaway data).
+    """
     pg = embedded_pg_dir(root)
     if embedded_pid(root) is None:
         return False
@@ -126,7 +129,7 @@ def stop_embedded(root: Path | str | None = None) -> bool:
     user = None
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         user = "pgserver"  # pgserver runs the server as this system user when we are root
-    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg, user=user, timeout=60)
+    pgserver.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pg, user=user, timeout=60)
     for url in [u for u in _engines if f"host={pg}" in u]:
         _engines.pop(url).dispose()
         _schema_ready.discard(url)

@@ -149,6 +149,8 @@ def copy_frame(conn: Connection, table: str | Table, frame: pl.DataFrame) -> int
         return 0
     collist = ", ".join(f'"{c}"' for c in df.columns)
     sql = f'COPY "{t.name}" ({collist}) FROM STDIN WITH (FORMAT csv)'
+    import psycopg2
+
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         for chunk in df.iter_slices(COPY_CHUNK_ROWS):
@@ -157,6 +159,9 @@ def copy_frame(conn: Connection, table: str | Table, frame: pl.DataFrame) -> int
             chunk.write_csv(buf, include_header=False, null_value="", quote_style="non_numeric")
             buf.seek(0)
             cursor.copy_expert(sql, buf)
+    except psycopg2.Error as e:
+        # the same exception classes as any SQLAlchemy statement (IntegrityError, DataError, ...)
+        raise sa.exc.DBAPIError.instance(sql, None, e, psycopg2.Error) from e
     finally:
         cursor.close()
     return df.height
