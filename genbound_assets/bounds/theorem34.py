@@ -55,7 +55,8 @@ def complexity_from_code_length(code_length_bits: float, n_train_tokens: int, de
     """C = (L_bits log 2 + log(|K|/delta)) / D  (Lemma 3.2; L_bits of a prefix-free code, or of a
     fixed-length code when the length is fixed in advance, App. A.2)."""
     bits = non_negative("code_length_bits", code_length_bits)
-    return freedman_complexity(delta, n_train_tokens, grid_size, bits * math.log(2.0))
+    d = positive_int("n_train_tokens", n_train_tokens)
+    return freedman_complexity(delta, d, grid_size, bits * math.log(2.0))
 
 
 @dataclass(frozen=True)
