@@ -66,7 +66,8 @@ def test_synthetic_is_deterministic_and_prefix_stable():
     a, b, c = small(), small(), small(seed=1)
     assert a.content_hash() == b.content_hash() != c.content_hash()
     longer = small(n_docs=600)
-    assert all(np.array_equal(x, y) for x, y in zip(a.token_documents(), longer.token_documents()))
+    firsts = longer.token_documents()[:300]
+    assert all(np.array_equal(x, y) for x, y in zip(a.token_documents(), firsts, strict=True))
     assert next(a.documents()).split()[0].isdigit()
     var = small(doc_len=(5, 30), n_docs=400)
     lens = [len(d) for d in var.token_documents()]
