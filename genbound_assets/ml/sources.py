@@ -1,0 +1,450 @@
+"""Checkpoint sources: one interface over a family of LM checkpoints (sizes × training steps).
+
+* :class:`LocalCheckpointSource` reads a suite written by ``genbound_assets.ml.suite``:
+  ``<root>/<model>/step<N>/`` with ``checkpoint.json`` (the manifest, written last).  A folder
+  without a complete manifest -- a killed write's ``.tmp-step<N>-*`` folder, or a ``step<N>``
+  folder whose checkpoint.json is missing or unreadable -- is not a checkpoint and is never
+  listed.  Damage to the files of a listed checkpoint is ``integrity.check_checkpoint``'s job
+  (it quarantines with a precise reason).
+* :class:`PythiaHubSource` serves EleutherAI's Pythia suite (8 sizes × 154 revisions) through
+  ``GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-<size>", revision="step<N>")``, or from
+  a local folder laid out like the hub (``<local_root>/EleutherAI/pythia-<size>/step<N>/``), or
+  from the Hugging Face cache (``HF_HUB_OFFLINE=1`` works once the snapshot is cached).
+
+No Dagster and no database here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genbound_assets.ml.suite import MANIFEST_FORMAT, MANIFEST_NAME
+
+__all__ = [
+    "ModelInfo",
+    "CheckpointRef",
+    "FileDigest",
+    "CheckpointSource",
+    "LocalCheckpointSource",
+    "PythiaHubSource",
+    "PYTHIA_MODELS",
+    "PYTHIA_STEPS",
+    "PYTHIA_TOKENS_PER_STEP",
+    "PYTHIA_CONTEXT_LENGTH",
+    "hub_file_digests",
+    "is_weight_file",
+    "select_weight_files",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    n_params: int                  # total, both (untied) embeddings included
+    n_params_non_embedding: int    # total minus input and output embeddings (Pythia's convention)
+    vocab_size: int                # logit dimension V (padded)
+    context_length: int            # T the model was trained with
+    tokens_per_step: int           # tokens_seen = step × tokens_per_step
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    model: str
+    step: int
+    tokens_seen: int
+    location: str                  # a folder (local) or "<repo>@<revision>" (hub)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Expected content of one file: sha256 (hex) and size in bytes (either may be unknown)."""
+
+    sha256: str | None
+    size: int | None
+
+
+def is_weight_file(name: str) -> bool:
+    return name.endswith(".safetensors") or (name.endswith(".bin") and name.startswith("pytorch_model"))
+
+
+def select_weight_files(names: Iterable[str]) -> list[str]:
+    """The weight files ``from_pretrained`` would read: the .safetensors files if there are any,
+    else the pytorch_model*.bin files.  Sorted."""
+    names = sorted(set(names))
+    st = [n for n in names if n.endswith(".safetensors")]
+    return st if st else [n for n in names if is_weight_file(n)]
+
+
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+
+
+def _check_attn(attn_implementation) -> None:
+    if attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
+        raise ValueError(
+            f"attn_implementation must be 'eager', 'sdpa', 'flash_attention_2' or None, "
+            f"got {attn_implementation!r}")
+
+
+def _from_pretrained(path_or_repo: str, dtype, attn_implementation, device, **kwargs):
+    from transformers import GPTNeoXForCausalLM
+
+    _check_dtype(dtype)
+    _check_attn(attn_implementation)
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = GPTNeoXForCausalLM.from_pretrained(path_or_repo, dtype=dtype, **extra, **kwargs)
+    model = model.to(device)
+    model.eval()
+    return model
+
+
+class CheckpointSource(ABC):
+    """A family of checkpoints: models (sizes), each with checkpoints at training steps."""
+
+    @abstractmethod
+    def list_models(self) -> list[str]:
+        """Model names, smallest first."""
+
+    @abstractmethod
+    def model_info(self, model: str) -> ModelInfo:
+        """Sizes and training constants of one model."""
+
+    @abstractmethod
+    def list_checkpoints(self, model: str) -> list[CheckpointRef]:
+        """The model's complete checkpoints, by step."""
+
+    @abstractmethod
+    def load_model(self, model: str, step: int, dtype=torch.float32,
+                   attn_implementation: str | None = "eager", device="cpu"):
+        """A float ``GPTNeoXForCausalLM`` in eval mode."""
+
+    # -- shared helpers ----------------------------------------------------------------------
+
+    def checkpoint(self, model: str, step: int) -> CheckpointRef:
+        """The ref of one checkpoint (error names the available steps)."""
+        refs = self.list_checkpoints(model)
+        for r in refs:
+            if r.step == step:
+                return r
+        avail = ", ".join(str(r.step) for r in refs[:20]) + (" ..." if len(refs) > 20 else "")
+        raise ValueError(f"{model} has no complete checkpoint at step {step!r}; steps: {avail or 'none'}")
+
+    def local_dir(self, ref: CheckpointRef) -> Path | None:
+        """Folder holding the checkpoint's files on this machine, or None if not on disk."""
+        return None
+
+    def reference_digests(self, ref: CheckpointRef, metadata: Any = None) -> dict[str, FileDigest] | None:
+        """What the checkpoint's files should be (name -> sha256/size), from an independent
+        record (the local manifest; the hub's LFS metadata), or None if there is none.  Raises
+        (ValueError, or the hub client's error) when the record is broken or unreachable."""
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Local suites
+
+_STEP_DIR = re.compile(r"^step(\d+)$")
+
+
+def read_manifest(folder: Path, model: str | None = None, step: int | None = None) -> tuple[dict | None, str | None]:
+    """(manifest, None) if ``folder`` holds a complete manifest consistent with model/step, else
+    (None, reason)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None, f"checkpoint folder {folder} does not exist"
+    p = folder / MANIFEST_NAME
+    if not p.is_file():
+        return None, f"missing {MANIFEST_NAME} in {folder} (incomplete or interrupted write)"
+    try:
+        man = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable {MANIFEST_NAME} in {folder}: {e}"
+    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
+        return None, f"{p} is not a {MANIFEST_FORMAT} manifest"
+    files = man.get("files")
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
+            for v in files.values()):
+        return None, f"{p} has no valid 'files' table (name -> sha256, bytes)"
+    if not select_weight_files(files):
+        return None, f"{p} lists no weight file"
+    if model is not None and man.get("model") != model:
+        return None, f"{p} is for model {man.get('model')!r}, not {model!r}"
+    if step is not None and man.get("step") != step:
+        return None, f"{p} is for step {man.get('step')!r}, but the folder is step{step}"
+    for k in ("tokens_seen", "n_targets_seen"):
+        if isinstance(man.get(k), bool) or not isinstance(man.get(k), int) or man[k] < 0:
+            return None, f"{p}: {k} must be a non-negative integer, got {man.get(k)!r}"
+    return man, None
+
+
+class LocalCheckpointSource(CheckpointSource):
+    """``<root>/<model>/step<N>/`` checkpoints written by ``suite.train_suite``."""
+
+    def __init__(self, root):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise ValueError(f"checkpoint root {self.root} does not exist or is not a folder")
+
+    def __repr__(self) -> str:
+        return f"LocalCheckpointSource({str(self.root)!r})"
+
+    def _scan(self, model: str) -> list[tuple[int, Path, dict]]:
+        folder = self.root / model
+        out = []
+        if not folder.is_dir():
+            return out
+        for d in folder.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if not m or not d.is_dir():
+                continue  # .tmp-* folders of interrupted writes, stray files
+            step = int(m.group(1))
+            man, _ = read_manifest(d, model, step)
+            if man is not None:
+                out.append((step, d, man))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def _require(self, model: str) -> list[tuple[int, Path, dict]]:
+        if not isinstance(model, str) or not model or "/" in model or model.startswith("."):
+            raise ValueError(f"model must be a model folder name, got {model!r}")
+        found = self._scan(model)
+        if not found:
+            raise ValueError(
+                f"no model {model!r} with a complete checkpoint under {self.root}; "
+                f"models: {self.list_models() or 'none'}")
+        return found
+
+    def list_models(self) -> list[str]:
+        names = []
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and self._scan(d.name):
+                names.append(d.name)
+        return sorted(names, key=lambda n: (self._scan(n)[-1][2].get("n_params") or 0, n))
+
+    def model_info(self, model: str) -> ModelInfo:
+        step, folder, man = self._require(model)[-1]
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder}/config.json is missing or unreadable: {e}") from e
+        n, n_ne = man.get("n_params"), man.get("n_params_non_embedding")
+        if not isinstance(n, int) or not isinstance(n_ne, int):
+            from transformers import GPTNeoXConfig
+
+            from genbound_assets.ml.suite import count_params
+
+            n, n_ne = count_params(GPTNeoXConfig.from_dict(cfg))
+        tps = man.get("tokens_per_step")
+        ctx = man.get("context_length", cfg.get("max_position_embeddings"))
+        return ModelInfo(name=model, n_params=int(n), n_params_non_embedding=int(n_ne),
+                         vocab_size=int(cfg["vocab_size"]), context_length=int(ctx),
+                         tokens_per_step=int(tps))
+
+    def list_checkpoints(self, model: str) -> list[CheckpointRef]:
+        return [CheckpointRef(model=model, step=s, tokens_seen=int(man["tokens_seen"]), location=str(d))
+                for s, d, man in self._require(model)]
+
+    def manifest(self, model: str, step: int) -> dict:
+        """The checkpoint's manifest (n_targets_seen = its D, is_d_star, ...)."""
+        ref = self.checkpoint(model, step)
+        man, reason = read_manifest(Path(ref.location), model, step)
+        if man is None:
+            raise ValueError(reason)
+        return man
+
+    def local_dir(self, ref: CheckpointRef) -> Path | None:
+        return Path(ref.location)
+
+    def reference_digests(self, ref: CheckpointRef, metadata: Any = None) -> dict[str, FileDigest] | None:
+        """From the manifest; raises ValueError naming the problem if it is incomplete."""
+        man, reason = read_manifest(Path(ref.location), ref.model, ref.step)
+        if man is None:
+            raise ValueError(reason)
+        return {k: FileDigest(v["sha256"], v["bytes"]) for k, v in man["files"].items()}
+
+    def load_model(self, model: str, step: int, dtype=torch.float32,
+                   attn_implementation: str | None = "eager", device="cpu"):
+        ref = self.checkpoint(model, step)
+        return _from_pretrained(ref.location, dtype, attn_implementation, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Pythia on the Hugging Face hub
+
+# EleutherAI/pythia README and configs (see shared/reference/pythia.json).
+PYTHIA_MODELS: dict[str, dict[str, int]] = {
+    "70m": dict(total_params=70426624, non_embedding_params=18915328, layers=6, d_model=512, heads=8, padded_vocab=50304),
+    "160m": dict(total_params=162322944, non_embedding_params=85056000, layers=12, d_model=768, heads=12, padded_vocab=50304),
+    "410m": dict(total_params=405334016, non_embedding_params=302311424, layers=24, d_model=1024, heads=16, padded_vocab=50304),
+    "1b": dict(total_params=1011781632, non_embedding_params=805736448, layers=16, d_model=2048, heads=8, padded_vocab=50304),
+    "1.4b": dict(total_params=1414647808, non_embedding_params=1208602624, layers=24, d_model=2048, heads=16, padded_vocab=50304),
+    "2.8b": dict(total_params=2775208960, non_embedding_params=2517652480, layers=32, d_model=2560, heads=32, padded_vocab=50304),
+    "6.9b": dict(total_params=6857302016, non_embedding_params=6444163072, layers=32, d_model=4096, heads=32, padded_vocab=50432),
+    "12b": dict(total_params=11846072320, non_embedding_params=11327027200, layers=36, d_model=5120, heads=40, padded_vocab=50688),
+}
+# step0; step1, 2, 4, ..., 512; step1000 .. step143000 every 1000 (main == step143000): 154.
+PYTHIA_STEPS: tuple[int, ...] = (0, *(2 ** i for i in range(10)), *range(1000, 143001, 1000))
+PYTHIA_TOKENS_PER_STEP = 2_097_152   # 1024 sequences × 2048 tokens
+PYTHIA_CONTEXT_LENGTH = 2048
+_WEIGHT_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
+_BIN_PATTERNS = ("config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def hub_file_digests(metadata) -> dict[str, FileDigest]:
+    """File name -> FileDigest from hub metadata, without downloading anything.
+
+    ``metadata``: what ``HfApi().model_info(repo, revision=..., files_metadata=True)`` returns
+    (its ``.siblings``), a list of ``RepoSibling`` objects, or the raw API json (a dict with
+    "siblings", or a list of {"rfilename", "size", "lfs": {"sha256", "size"}} dicts).  LFS files
+    (the weights) carry their sha256; plain git files get sha256 None.
+    """
+    sibs = getattr(metadata, "siblings", None)
+    if sibs is None and isinstance(metadata, Mapping):
+        sibs = metadata.get("siblings")
+    if sibs is None and isinstance(metadata, list | tuple):
+        sibs = metadata
+    if sibs is None:
+        raise ValueError(
+            "hub metadata has no file list (siblings); call model_info(..., files_metadata=True)")
+    out: dict[str, FileDigest] = {}
+    for s in sibs:
+        get = s.get if isinstance(s, Mapping) else (lambda k, _s=s: getattr(_s, k, None))
+        name = get("rfilename")
+        if not isinstance(name, str):
+            raise ValueError(f"hub sibling without an rfilename: {s!r}")
+        lfs = get("lfs")
+        if lfs is not None:
+            lget = lfs.get if isinstance(lfs, Mapping) else (lambda k, _l=lfs: getattr(_l, k, None))
+            sha, size = lget("sha256"), lget("size")
+        else:
+            sha, size = None, get("size")
+        out[name] = FileDigest(sha256=sha, size=size)
+    return out
+
+
+class PythiaHubSource(CheckpointSource):
+    """EleutherAI's Pythia: 8 sizes (70m..12b) × 154 revisions, 2,097,152 tokens per step.
+
+    Loading order: ``local_root/EleutherAI/pythia-<size>/step<N>/`` if it holds a config.json;
+    else, with ``endpoint``, ``snapshot_download(..., endpoint=endpoint)`` then from_pretrained
+    of that folder; else ``GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-<size>",
+    revision="step<N>", cache_dir=cache_dir)`` (honours HF_HUB_OFFLINE / the HF cache).
+    """
+
+    def __init__(self, cache_dir=None, endpoint: str | None = None, local_root=None,
+                 deduped: bool = False, hub_api=None):
+        self.cache_dir = None if cache_dir is None else str(Path(cache_dir).expanduser())
+        self.endpoint = endpoint
+        self.local_root = None if local_root is None else Path(local_root).expanduser()
+        self.deduped = bool(deduped)
+        self._hub_api = hub_api
+
+    def __repr__(self) -> str:
+        return (f"PythiaHubSource(cache_dir={self.cache_dir!r}, endpoint={self.endpoint!r}, "
+                f"local_root={None if self.local_root is None else str(self.local_root)!r})")
+
+    def _suffix(self) -> str:
+        return "-deduped" if self.deduped else ""
+
+    def _size(self, model: str) -> str:
+        if isinstance(model, str):
+            size = model.removeprefix("pythia-").removesuffix(self._suffix())
+            if size in PYTHIA_MODELS and model in (size, f"pythia-{size}{self._suffix()}"):
+                return size
+        raise ValueError(f"unknown Pythia model {model!r}; models: {', '.join(self.list_models())}")
+
+    def repo_id(self, model: str) -> str:
+        return f"EleutherAI/pythia-{self._size(model)}{self._suffix()}"
+
+    @staticmethod
+    def _check_step(step) -> int:
+        if isinstance(step, bool) or not isinstance(step, int) or step not in PYTHIA_STEPS:
+            raise ValueError(
+                f"Pythia has no revision step{step}; revisions are step0, step1..step512 (powers "
+                f"of two) and step1000..step143000 (every 1000)")
+        return step
+
+    def list_models(self) -> list[str]:
+        return [f"pythia-{s}{self._suffix()}" for s in PYTHIA_MODELS]
+
+    def model_info(self, model: str) -> ModelInfo:
+        size = self._size(model)
+        row = PYTHIA_MODELS[size]
+        return ModelInfo(name=f"pythia-{size}{self._suffix()}", n_params=row["total_params"],
+                         n_params_non_embedding=row["non_embedding_params"],
+                         vocab_size=row["padded_vocab"], context_length=PYTHIA_CONTEXT_LENGTH,
+                         tokens_per_step=PYTHIA_TOKENS_PER_STEP)
+
+    def list_checkpoints(self, model: str) -> list[CheckpointRef]:
+        name = self.model_info(model).name
+        repo = self.repo_id(model)
+        return [CheckpointRef(model=name, step=s, tokens_seen=s * PYTHIA_TOKENS_PER_STEP,
+                              location=f"{repo}@step{s}") for s in PYTHIA_STEPS]
+
+    def checkpoint(self, model: str, step: int) -> CheckpointRef:
+        step = self._check_step(step)
+        return CheckpointRef(model=self.model_info(model).name, step=step,
+                             tokens_seen=step * PYTHIA_TOKENS_PER_STEP,
+                             location=f"{self.repo_id(model)}@step{step}")
+
+    def _local_folder(self, model: str, step: int) -> Path | None:
+        if self.local_root is None:
+            return None
+        folder = self.local_root / self.repo_id(model) / f"step{step}"
+        return folder if (folder / "config.json").is_file() else None
+
+    def local_dir(self, ref: CheckpointRef) -> Path | None:
+        folder = self._local_folder(ref.model, ref.step)
+        if folder is not None:
+            return folder
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(self.repo_id(ref.model), "config.json",
+                                     cache_dir=self.cache_dir, revision=f"step{ref.step}")
+        return Path(hit).parent if isinstance(hit, str) else None
+
+    def hub_metadata(self, model: str, step: int):
+        """The hub's file metadata for one revision (LFS sha256 of every weight file); network."""
+        step = self._check_step(step)
+        api = self._hub_api
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(endpoint=self.endpoint)
+        return api.model_info(self.repo_id(model), revision=f"step{step}", files_metadata=True)
+
+    def reference_digests(self, ref: CheckpointRef, metadata: Any = None) -> dict[str, FileDigest] | None:
+        if metadata is None:
+            metadata = self.hub_metadata(ref.model, ref.step)
+        return hub_file_digests(metadata)
+
+    def load_model(self, model: str, step: int, dtype=torch.float32,
+                   attn_implementation: str | None = "eager", device="cpu"):
+        step = self._check_step(step)
+        _check_dtype(dtype)
+        _check_attn(attn_implementation)
+        folder = self._local_folder(model, step)
+        if folder is not None:
+            return _from_pretrained(str(folder), dtype, attn_implementation, device)
+        repo, revision = self.repo_id(model), f"step{step}"
+        if self.endpoint is not None:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(repo, revision=revision, cache_dir=self.cache_dir,
+                                     endpoint=self.endpoint, allow_patterns=list(_WEIGHT_PATTERNS))
+            if not any(is_weight_file(p.name) for p in Path(path).iterdir()):
+                path = snapshot_download(repo, revision=revision, cache_dir=self.cache_dir,
+                                         endpoint=self.endpoint, allow_patterns=list(_BIN_PATTERNS))
+            return _from_pretrained(path, dtype, attn_implementation, device)
+        return _from_pretrained(repo, dtype, attn_implementation, device,
+                                revision=revision, cache_dir=self.cache_dir)
