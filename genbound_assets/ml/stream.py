@@ -259,7 +259,7 @@ def consumed_prefix_len(n_chunks: int, seq_len: int) -> int:
     tokens[: n_chunks*seq_len + 1] and D = stream.n_targets(that)."""
     if n_chunks < 0 or seq_len < 1:
         raise ValueError(f"need n_chunks >= 0 and seq_len >= 1, got {n_chunks}, {seq_len}")
-    return int(n_chunks) * int(seq_len) + 1 if n_chunks else 0
+    return int(n_chunks) * int(seq_len) + 1  # n_chunks = 0: tokens[:1], the separator, D = 0
 
 
 def training_chunks(
