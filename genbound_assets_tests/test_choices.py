@@ -77,7 +77,7 @@ def test_union_cost_restores_coverage_monte_carlo():
     for _ in range(reps):
         means = rng.binomial(n, p, size=m) / n  # M hypotheses, each with its own sample
 
-        def cand(i):
+        def cand(i, means=means):
             return lambda extra: means[i] + math.sqrt((extra + math.log(1 / delta)) / (2 * n))
 
         cands = {str(i): cand(i) for i in range(m)}

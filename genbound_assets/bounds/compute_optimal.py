@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validate import finite_array, finite_scalar, non_negative, positive, positive_int, probability
+from ._validate import (
+    finite_array,
+    finite_scalar,
+    non_negative,
+    positive,
+    positive_int,
+    probability,
+)
 from .smoothing import smoothing_alpha
 
 DEFAULT_G2 = 0.05  # G^2 = N/D on the compute-optimal frontier (Sec. 2.2)

@@ -43,7 +43,8 @@ _CHUNK = 2_000_000  # elements per block when scanning the grid on the selection
 
 
 def hoeffding_correction(n: int, width: float, delta: float) -> float:
-    """Hoeffding: E Z <= mean + R sqrt(log(1/delta) / (2n)) for n IID draws with range R."""
+    """Hoeffding (the paper's Sec. 4 subsample step): E Z <= mean + R sqrt(log(1/delta)/(2n)),
+    n IID draws with range R."""
     n = positive_int("n", n)
     width = finite_scalar("width", width)
     if width < 0:
@@ -93,7 +94,7 @@ def _v_range(s, a_min: float, a_max: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def a_range(loss_range: float, loss_bounds, proxy_bounds) -> tuple[float, float]:
-    """[A_min, A_max] for A = (Y - X)/Delta given X in loss_bounds and Y in proxy_bounds."""
+    """[A_min, A_max] for Thm 3.1's A = (Y - X)/Delta, X in loss_bounds, Y in proxy_bounds (A >= -1)."""
     x_lo, x_hi = _bounds("loss_bounds", loss_bounds)
     y_lo, y_hi = _bounds("proxy_bounds", proxy_bounds)
     delta_range = finite_scalar("loss_range", loss_range)
@@ -106,7 +107,7 @@ def a_range(loss_range: float, loss_bounds, proxy_bounds) -> tuple[float, float]
 
 
 def z_range(s: float, loss_range: float, loss_bounds, proxy_bounds) -> tuple[float, float]:
-    """[z_lo, z_hi] for Z = X + (Delta/s) v(sA) (module docstring)."""
+    """[z_lo, z_hi] for Z = X + (Delta/s) v(sA), the Lemma A.3 summand (module docstring)."""
     s = finite_scalar("s", s)
     if not 0.0 < s < 1.0:
         raise ValueError(f"s must lie in (0, 1), got {s!r}")
@@ -163,7 +164,7 @@ class SubsampledBound:
 
 def split_sample(m: int, selection_fraction: float = 0.5, split_seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Data-independent random split of m draws into (selection, certification) index sets."""
+    """Data-independent seeded split of the m Sec. 4 draws into (selection, certification) indices."""
     m = positive_int("m", m)
     frac = probability("selection_fraction", selection_fraction)
     n_sel = int(round(m * frac))
