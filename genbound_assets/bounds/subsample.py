@@ -208,7 +208,8 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
     containing every X (e.g. (0, log(V/alpha))); proxy_bounds: likewise for Y (default
     loss_bounds).  delta_split: the fraction of delta given to the martingale statement (*); the
     rest certifies the subsample, half to Hoeffding and half to Bernstein.  s_hat is chosen on
-    the selection half (predicted final bound, exhaustive over K) unless given.
+    the selection half (predicted final bound, exhaustive over K) unless given; a given s_hat
+    must be a point of K chosen without looking at the certification half.
     """
     x_lo, x_hi = _bounds("loss_bounds", loss_bounds)
     proxy_bounds = (x_lo, x_hi) if proxy_bounds is None else proxy_bounds
