@@ -171,6 +171,29 @@ def _find_train_suite():
     return getattr(ml_suite, "train_suite", None)
 
 
+def ui_command(host: str, port: int, workspace: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for `dagster dev` on the store (starts the embedded server if needed).
+
+    Exports the resolved GENBOUND_DATABASE_URL (so the webserver, the daemon and every run
+    worker share one database) and DAGSTER_HOME=<data dir>/dagster_home (telemetry off).
+    """
+    if not workspace.is_file():
+        raise StoreError(f"workspace file {workspace} not found (run from a source checkout, "
+                         "or pass --workspace)")
+    url = storage.database_url()  # starts the embedded server when no URL is configured
+    storage.create_views(storage.get_engine(url))
+    home = storage.data_dir() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ, **{storage.DATABASE_URL_ENV: url, "DAGSTER_HOME": str(home)})
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
+    if dagster is None:
+        raise StoreError("the `dagster` executable was not found next to this Python (run `make setup`)")
+    argv = [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
+    return argv, env
+
+
 @main.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True, type=int)
@@ -179,21 +202,9 @@ def _find_train_suite():
 @store_errors
 def ui(host: str, port: int, workspace: Path) -> None:
     """Start `dagster dev -w workspace.yaml` on the store (replaces this process)."""
-    if not workspace.is_file():
-        _fail(f"workspace file {workspace} not found (run from a source checkout, or pass --workspace)")
-    url = storage.database_url()  # starts the embedded server when no URL is configured
-    engine = storage.get_engine(url)
-    storage.create_views(engine)
-    home = storage.data_dir() / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = dict(os.environ, **{storage.DATABASE_URL_ENV: url, "DAGSTER_HOME": str(home)})
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or shutil.which("dagster")
-    if dagster is None:
-        _fail("the `dagster` executable was not found next to this Python (run `make setup`)")
-    click.echo(f"genbound ui: store {storage.describe_url(url)}; DAGSTER_HOME={home}; "
-               f"http://{host}:{port}", err=True)
+    argv, env = ui_command(host, port, workspace)
+    click.echo(f"genbound ui: store {storage.describe_url(env[storage.DATABASE_URL_ENV])}; "
+               f"DAGSTER_HOME={env['DAGSTER_HOME']}; http://{host}:{port}", err=True)
     # A shell's `&` leaves SIGINT ignored, and exec keeps ignored signals ignored: restore the
     # defaults so Ctrl-C / SIGTERM stop dagster dev.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,7 +212,7 @@ def ui(host: str, port: int, workspace: Path) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(workspace.parent)
-    os.execve(dagster, [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)], env)
+    os.execve(argv[0], argv, env)
 
 
 @main.command("stop-db")

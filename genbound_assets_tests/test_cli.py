@@ -1,0 +1,106 @@
+"""The `genbound` CLI: in-process with click's CliRunner, plus the real console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from genbound_assets import storage
+from genbound_assets.cli import main
+
+GENBOUND = str(Path(sys.executable).parent / "genbound")
+
+
+def run(*args: str, env: dict | None = None):
+    # click >= 8.2 keeps stdout and stderr apart in the result
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_setup_db_is_idempotent_and_lists_tables(pg_clean):
+    for _ in range(2):
+        res = run("setup-db")
+        assert res.exit_code == 0, res.output
+        for table in storage.TABLES:
+            assert f"  {table} " in res.stdout
+        assert "views: latest_bounds" in res.stdout
+
+
+def test_sql_prints_a_table(pg_clean):
+    res = run("sql", "select 1 as one, 'x' as letter, null::text as nothing, 0.1::float8 as f")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split("|")[0].strip() == "one" and "letter" in lines[0]
+    assert lines[2].split("|")[1].strip() == "x" and lines[2].split("|")[3].strip() == "0.1"
+    assert lines[-1] == "(1 row)"
+    res = run("sql", "select i from generate_series(1, 3) as i", "--csv")
+    assert res.stdout.splitlines() == ["i", "1", "2", "3"]
+
+
+def test_sql_writes_are_committed(pg_clean):
+    res = run("sql", "insert into token_samples (sample, i, u, seed, purpose) "
+                     "values ('s', 0, 0.5, 1, 'bound'), ('s', 1, 0.25, 1, 'bound')")
+    assert res.exit_code == 0 and "2 rows affected" in res.stdout
+    assert "(2 rows)" in run("sql", "select * from token_samples").stdout
+
+
+def test_sql_error_is_one_line_and_non_zero(pg_clean):
+    res = run("sql", "select * from no_such_table")
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "no_such_table" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@localhost/db", "postgresql+psycopg2://u@127.0.0.1:1/db"])
+def test_bad_database_url_is_one_line_naming_the_variable(url):
+    res = run("setup-db", env={storage.DATABASE_URL_ENV: url})
+    assert res.exit_code == 1
+    assert res.stderr.startswith("genbound: error: ") and res.stderr.count("\n") == 1
+    assert "GENBOUND_DATABASE_URL" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_says_what_it_did(pg_clean):
+    res = run("demo")
+    assert res.exit_code == 0, res.output
+    assert "schema ready" in res.stdout and "latest_bounds" in res.stdout
+    assert "not implemented yet" in res.stdout  # training is not wired into the demo yet
+
+
+def test_console_script_bad_url_no_traceback():
+    env = {k: v for k, v in os.environ.items() if k != storage.DATABASE_URL_ENV}
+    env[storage.DATABASE_URL_ENV] = "postgres://someone:pw@localhost/db"
+    proc = subprocess.run([GENBOUND, "sql", "select 1"], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "GENBOUND_DATABASE_URL" in proc.stderr
+    assert ":pw@" not in proc.stderr  # no password echoed
+
+
+def test_console_script_attaches_to_the_running_embedded_server(pg_engine, pg_embedded_root):
+    """With no URL, later commands reuse the embedded server already running on the data dir."""
+    if pg_embedded_root is None:
+        pytest.skip("tests run against an external GENBOUND_TEST_DATABASE_URL")
+    pid = storage.embedded_pid(pg_embedded_root)
+    env = {k: v for k, v in os.environ.items() if k != storage.DATABASE_URL_ENV}
+    env[storage.DATA_DIR_ENV] = str(pg_embedded_root)
+    proc = subprocess.run([GENBOUND, "sql", "select count(*) as n from models", "--csv"],
+                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "n"
+    assert storage.embedded_pid(pg_embedded_root) == pid  # same server, not a new one
+
+
+def test_suite_group_is_optional():
+    """`genbound suite` appears once genbound_assets/cli_suite.py lands; the CLI works before."""
+    res = run("--help")
+    assert res.exit_code == 0
+    import importlib.util
+
+    has_suite = importlib.util.find_spec("genbound_assets.cli_suite") is not None
+    assert ("suite" in main.commands) == has_suite
