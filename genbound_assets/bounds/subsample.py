@@ -154,12 +154,21 @@ class SubsampledBound:
     delta_martingale: float
     delta_subsample: float
     delta_per_method: float
+    n_exact: int = 0  # targets of an exactly evaluated stratum (calibration windows)
     certified: bool = True
 
     @property
     def z_upper(self) -> float:
         """Certified upper bound on the full-data mean of Z(s_hat)."""
         return self.z_mean + self.correction
+
+
+def _check_within(name: str, arr: np.ndarray, lo: float, hi: float) -> None:
+    bad = (arr < lo - BOUNDS_TOLERANCE) | (arr > hi + BOUNDS_TOLERANCE)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}[{k}] = {arr[k]!r} lies outside its bounds ({lo}, {hi}); "
+                         "only smoothed (bounded) quantities can be subsample-certified")
 
 
 def split_sample(m: int, selection_fraction: float = 0.5, split_seed: int = 0
@@ -200,7 +209,8 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
                               loss_bounds, proxy_bounds=None, complexity_nats: float = 0.0,
                               grid_size: int = 1000, delta_split: float = 0.1,
                               selection_fraction: float = 0.5, split_seed: int = 0,
-                              s_hat: float | None = None) -> SubsampledBound:
+                              s_hat: float | None = None, exact_losses=None,
+                              exact_proxies=None) -> SubsampledBound:
     """Freedman bound (Thm 3.1 / Lemma 3.2) about all n_tokens = D tokens from m sampled pairs.
 
     losses, proxies: X, Y on m pairs drawn uniformly with replacement from the D training tokens
@@ -210,6 +220,11 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
     rest certifies the subsample, half to Hoeffding and half to Bernstein.  s_hat is chosen on
     the selection half (predicted final bound, exhaustive over K) unless given; a given s_hat
     must be a point of K chosen without looking at the certification half.
+
+    Stratified use (calibration windows): exact_losses/exact_proxies hold X, Y on *every* target
+    of a stratum fixed before sampling (e.g. the quantizer's calibration windows); the m pairs are
+    then uniform over the other n_tokens - n_exact targets, and the full-data mean of Z is
+    (sum_exact Z + (D - n_exact) * certified sampled mean) / D.  The exact part needs no correction.
     """
     x_lo, x_hi = _bounds("loss_bounds", loss_bounds)
     proxy_bounds = (x_lo, x_hi) if proxy_bounds is None else proxy_bounds
@@ -217,13 +232,20 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
     x, a, loss_range = scaled_differences(losses, proxies, loss_range)
     y = finite_array("proxies", proxies)
     same_length(losses=x, proxies=y)
-    for name, arr, lo, hi in (("losses", x, x_lo, x_hi), ("proxies", y, y_lo, y_hi)):
-        bad = (arr < lo - BOUNDS_TOLERANCE) | (arr > hi + BOUNDS_TOLERANCE)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}[{k}] = {arr[k]!r} lies outside its bounds ({lo}, {hi}); "
-                             "only smoothed (bounded) quantities can be subsample-certified")
+    _check_within("losses", x, x_lo, x_hi)
+    _check_within("proxies", y, y_lo, y_hi)
     n_tokens = positive_int("n_tokens", n_tokens)
+    if (exact_losses is None) != (exact_proxies is None):
+        raise ValueError("exact_losses and exact_proxies must be given together")
+    if exact_losses is not None and len(exact_losses) > 0:
+        xe, ae, _ = scaled_differences(exact_losses, exact_proxies, loss_range)
+        _check_within("exact_losses", xe, x_lo, x_hi)
+        _check_within("exact_proxies", finite_array("exact_proxies", exact_proxies), y_lo, y_hi)
+        if len(xe) >= n_tokens:
+            raise ValueError(f"the exact stratum ({len(xe)} targets) must be smaller than n_tokens = {n_tokens}")
+    else:
+        xe = ae = np.zeros(0)
+    weight_exact = len(xe) / n_tokens
     delta = probability("delta", delta)
     split = probability("delta_split", delta_split)
     delta_m, delta_sub = delta * split, delta * (1.0 - split)
@@ -253,6 +275,10 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
     bern = bernstein_correction(z_var, n_cert, width, delta_method)
     method, corr = ("bernstein", bern) if bern < hoeff else ("hoeffding", hoeff)
     complexity_term = loss_range * complexity / s_hat
+    if len(xe):  # exact stratum: its Z mean enters with weight n_exact / D, uncorrected
+        z_exact = float((xe + loss_range / s_hat * v(s_hat * ae)).mean())
+        z_mean = weight_exact * z_exact + (1.0 - weight_exact) * z_mean
+        hoeff, bern, corr = ((1.0 - weight_exact) * c for c in (hoeff, bern, corr))
     freedman_part = z_mean + complexity_term
     sqrt_c = math.sqrt(complexity)
     sigma = loss_range * sqrt_c * (1.0 - s_hat) / s_hat + loss_range / sqrt_c * mean_v / s_hat
@@ -264,5 +290,5 @@ def subsampled_freedman_bound(losses, proxies, loss_range: float, delta: float, 
         method=method, correction=corr, bound=freedman_part + corr, loss_range=loss_range,
         n_selection=len(sel), n_certification=n_cert, n_tokens=n_tokens, grid_size=grid_size,
         complexity_nats=float(complexity_nats), delta=delta, delta_martingale=delta_m,
-        delta_subsample=delta_sub, delta_per_method=delta_method,
+        delta_subsample=delta_sub, delta_per_method=delta_method, n_exact=len(xe),
     )

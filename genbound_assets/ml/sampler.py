@@ -30,10 +30,17 @@ def draw_uniforms(m: int, seed: int) -> np.ndarray:
     return np.random.default_rng(int(seed)).random(int(m), dtype=np.float64)
 
 
-def positions_for(u, stream: TokenStream, prefix_len: int | None = None) -> np.ndarray:
+def positions_for(u, stream: TokenStream, prefix_len: int | None = None,
+                  exclude_windows=None, window_len: int | None = None) -> np.ndarray:
     """Map uniforms to target positions of ``stream.tokens[:prefix_len]``:
     ``target_positions(prefix_len)[floor(u * n_targets(prefix_len))]`` (computed without
-    materializing all targets).  Every result is a target (never a separator) < prefix_len."""
+    materializing all targets).  Every result is a target (never a separator) < prefix_len.
+
+    ``exclude_windows`` (start offsets of windows ``[s, s + window_len)``, e.g. the quantizer's
+    calibration windows chosen *first*, with their own seed) removes those targets: the draws are
+    then uniform over the remaining targets, disjoint from calibration and independent of it.
+    The excluded stratum is evaluated exactly instead (``excluded_targets``; the bound adds it
+    through ``subsampled_freedman_bound(exact_losses=..., exact_proxies=...)``)."""
     u = np.asarray(u, dtype=np.float64)
     if u.ndim != 1 or u.size == 0:
         raise ValueError(f"u must be a non-empty 1-D array, got shape {u.shape}")
@@ -41,10 +48,44 @@ def positions_for(u, stream: TokenStream, prefix_len: int | None = None) -> np.n
         raise ValueError("u must lie in [0, 1)")
     n = len(stream) if prefix_len is None else _check_prefix(stream, prefix_len)
     d = stream.n_targets(n)
-    if d < 1:
-        raise ValueError(f"the prefix of {n} tokens holds no targets")
-    k = np.minimum(np.floor(u * d).astype(np.int64), d - 1)
-    return stream.target_at(k)
+    if exclude_windows is None:
+        if d < 1:
+            raise ValueError(f"the prefix of {n} tokens holds no targets")
+        k = np.minimum(np.floor(u * d).astype(np.int64), d - 1)
+        return stream.target_at(k)
+    first_rank, counts = _window_target_ranks(stream, n, exclude_windows, window_len)
+    d_kept = d - int(counts.sum())
+    if d_kept < 1:
+        raise ValueError(f"the prefix of {n} tokens holds no targets outside the excluded windows")
+    k = np.minimum(np.floor(u * d_kept).astype(np.int64), d_kept - 1)
+    # window j starts at reduced rank first_rank[j] - (targets in windows before j)
+    before = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    j = np.searchsorted(first_rank - before, k, side="right")
+    shift = np.concatenate([[0], np.cumsum(counts)])[j]
+    return stream.target_at(k + shift)
+
+
+def _window_target_ranks(stream: TokenStream, prefix_len: int, starts, window_len):
+    """Full-stream ranks of the first target in each window, and each window's target count."""
+    if window_len is None or isinstance(window_len, bool) or int(window_len) < 1:
+        raise ValueError(f"window_len must be a positive integer with exclude_windows, got {window_len!r}")
+    w = int(window_len)
+    s = np.unique(np.asarray(starts, dtype=np.int64).ravel())
+    if s.size and (s[0] < 0 or s[-1] + w > prefix_len or np.any(np.diff(s) < w)):
+        raise ValueError("exclude_windows must be non-overlapping windows inside the prefix")
+    first_rank = np.array([stream.n_targets(int(a)) for a in s], dtype=np.int64)
+    counts = np.array([stream.n_targets(int(a) + w) for a in s], dtype=np.int64) - first_rank
+    return first_rank, counts
+
+
+def excluded_targets(stream: TokenStream, starts, window_len: int) -> np.ndarray:
+    """Every target position inside the windows ``[s, s + window_len)`` (the exact stratum)."""
+    w = int(window_len)
+    s = np.unique(np.asarray(starts, dtype=np.int64).ravel())
+    if s.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    pos = (s[:, None] + np.arange(w)[None, :]).ravel()
+    return pos[np.isin(pos, stream.doc_starts, invert=True) & (pos > 0)]
 
 
 def calibration_windows(
@@ -53,11 +94,13 @@ def calibration_windows(
     n_windows: int,
     window_len: int,
     seed: int,
-    exclude_positions,
+    exclude_positions=(),
 ) -> np.ndarray:
     """Start offsets of ``n_windows`` distinct windows ``[s, s + window_len)`` inside
-    ``tokens[:prefix_len]`` that contain none of ``exclude_positions`` (the bound's sampled
-    positions).  Candidates are the grid ``s = j * window_len`` (non-overlapping, aligned like
+    ``tokens[:prefix_len]`` that contain none of ``exclude_positions``.  Preferred order (valid
+    and disjoint): choose the windows first with ``exclude_positions=()``, then draw the bound's
+    pairs with ``positions_for(..., exclude_windows=windows)``; excluding already-drawn positions
+    instead makes the quantized model depend on the sample (see docs/data.md).  Candidates are the grid ``s = j * window_len`` (non-overlapping, aligned like
     training chunks, may span documents); the admissible ones are sampled without replacement
     with ``numpy.random.default_rng(seed)`` and returned sorted.
     """
