@@ -66,7 +66,8 @@ def test_window_positions_lie_at_or_after_tokens_seen(stream):
     assert sub.min() >= seen and sub.max() < seen + win and np.all(np.diff(sub) > 0)
     assert set(sub) <= set(expected)
     np.testing.assert_array_equal(sub, next_token_positions(stream, seen, 20, win, seed=3))
-    assert next_token_positions(stream, 0, 5)[0] == 1  # position 0 is the first separator
+    first = next_token_positions(stream, 0, 5)  # step0: the first update's targets start at 1
+    np.testing.assert_array_equal(first, [p for p in range(1, 6) if p not in set(stream.doc_starts)])
     tail = next_token_positions(stream, len(stream) - 3, 50)
     assert tail.max() == len(stream) - 1  # clipped at the stream's end
     with pytest.raises(ValueError):
@@ -106,3 +107,17 @@ def test_held_sample_loss(model, stream):
     assert res.mean_loss == pytest.approx(direct_mean_loss(model, stream, pos), abs=1e-5)
     with pytest.raises(ValueError):
         held_sample_loss(model, stream, [], T, tokens_seen=0)
+
+
+def test_window_is_the_next_updates_targets(stream):
+    """tokens_seen = suite.trained_prefix_len(step, B*T), window = B*T: the targets the update
+    after checkpoint `step` trains on (suite.step_token_range), for step0 included."""
+    from genbound_assets.ml.suite import step_token_range, trained_prefix_len
+
+    bt = 37
+    seps = set(stream.doc_starts.tolist())
+    for step in (0, 1, 4):
+        start, stop = step_token_range(step, bt)
+        update = [p for p in range(start + 1, stop) if p not in seps]
+        got = next_token_positions(stream, trained_prefix_len(step, bt), bt, window=bt)
+        np.testing.assert_array_equal(got, update)

@@ -42,11 +42,16 @@ def next_token_positions(
 ) -> np.ndarray:
     """Sorted target positions in [tokens_seen, tokens_seen + window) (window defaults to
     n_tokens; clipped at the stream's end); if there are more than n_tokens of them, a uniform
-    subsample without replacement drawn with `seed` (deterministic)."""
+    subsample without replacement drawn with `seed` (deterministic).
+
+    tokens_seen is the trained prefix length (suite.trained_prefix_len(step, B*T) = step*B*T + 1;
+    0 for step0, read as 1): every target below it was trained on, and with window = B*T the
+    positions are exactly the targets of the next update (suite.step_token_range(step, B*T))."""
     lo, n = int(tokens_seen), int(n_tokens)
     win = n if window is None else int(window)
     if lo < 0 or n < 1 or win < 1:
         raise ValueError("need tokens_seen >= 0, n_tokens >= 1 and window >= 1")
+    lo = max(lo, 1)  # position 0 is the first separator; the first update's targets start at 1
     hi = min(lo + win, len(stream))
     if lo >= hi:
         raise ValueError(f"tokens_seen = {lo} leaves no token in a stream of {len(stream)}")
@@ -54,8 +59,6 @@ def next_token_positions(
     ds = stream.doc_starts
     mask[ds[(ds >= lo) & (ds < hi)] - lo] = False   # separators open documents, not targets
     targets = lo + np.flatnonzero(mask)
-    if lo == 0:
-        targets = targets[targets > 0]
     if targets.size == 0:
         raise ValueError(f"no target position in [{lo}, {hi})")
     if targets.size > n:
