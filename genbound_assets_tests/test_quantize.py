@@ -20,6 +20,7 @@ from genbound_assets.ml.quantize import (
     gptq_quantize_weight,
     layer_input_hessians,
     load_quantized,
+    predicted_specs,
     quantize_model,
     reconstruction_errors,
 )
@@ -247,6 +248,10 @@ def test_stored_bits_equal_hand_count(trained, quantized, method, bits, emb):
     hand, n = _hand_count(bits, emb)
     assert q.n_params == n == sum(p.numel() for p in model.parameters())
     assert q.stored_bits == hand
+    # the length is fixed by the architecture before quantizing: predicted == stored, per tensor
+    pred = predicted_specs(model, bits, 32, emb)
+    assert [(s.name, s.shape, s.bits_per_element, s.counted) for s in pred] == \
+        [(s.name, s.shape, s.bits_per_element, s.counted) for s in q.specs]
     assert q.nominal_bits == bits * n
     assert q.effective_bits_per_param == pytest.approx(hand / n)
     # g_idx is stored (int32 per input column) but derivable, so not in the code length

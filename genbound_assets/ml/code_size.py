@@ -121,6 +121,23 @@ def specs_from_state(state: Mapping[str, torch.Tensor],
     return specs
 
 
+def gptq_linear_specs(prefix: str, out_features: int, in_features: int, bits: int,
+                      group_size: int, bias: bool) -> list[TensorSpec]:
+    """The tensors GPTQ v2 stores for one quantized Linear [out, in] (GPTQModel's layout; the
+    bias, if any, as float16), predicted from the shape alone."""
+    gs = in_features if group_size == -1 else int(group_size)
+    groups = -(-in_features // gs)
+    specs = [
+        TensorSpec(f"{prefix}.qweight", (-(-in_features * bits // 32), out_features), 32, "codes"),
+        TensorSpec(f"{prefix}.qzeros", (groups, -(-out_features * bits // 32)), 32, "zeros"),
+        TensorSpec(f"{prefix}.scales", (groups, out_features), 16, "scales"),
+        TensorSpec(f"{prefix}.g_idx", (in_features,), 32, "g_idx", counted=False),
+    ]
+    if bias:
+        specs.append(TensorSpec(f"{prefix}.bias", (out_features,), 16, "float"))
+    return specs
+
+
 def lzma_bits(payload: bytes) -> int:
     """8 x the size of ``payload`` compressed with lzma (xz container, preset 9 extreme)."""
     return 8 * len(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME))

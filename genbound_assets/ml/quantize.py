@@ -28,7 +28,15 @@ import torch
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from .code_size import TensorSpec, bits_by_role, lzma_bits, specs_from_state, stored_bits
+from .code_size import (
+    TensorSpec,
+    bits_by_role,
+    dtype_bits,
+    gptq_linear_specs,
+    lzma_bits,
+    specs_from_state,
+    stored_bits,
+)
 from .rtn import (
     SUPPORTED_BITS,
     IntWeight,
@@ -46,7 +54,7 @@ METHODS = ("gptq", "rtn")
 __all__ = [
     "QuantizationFailed", "QuantizedModel", "check_quantization", "quantize_model",
     "dequantize_state", "load_quantized", "layer_input_hessians", "reconstruction_errors",
-    "gptq_quantize_weight", "quantized_module_names", "HQ_FILENAME",
+    "gptq_quantize_weight", "quantized_module_names", "predicted_specs", "HQ_FILENAME",
 ]
 
 
@@ -163,6 +171,30 @@ def quantized_module_names(model: nn.Module, quantize_embeddings: bool = False) 
         names += [_module_name(model, model.get_output_embeddings()),
                   _module_name(model, model.get_input_embeddings())]
     return names
+
+
+def predicted_specs(model: nn.Module, bits: int, group_size: int = 32,
+                    quantize_embeddings: bool = False,
+                    float_dtype: torch.dtype | None = None) -> list[TensorSpec]:
+    """The stored tensors of h_q predicted from the architecture alone (works on a meta-device
+    model): what ``quantize_model`` will store, so ``stored_bits(predicted_specs(...))`` is the
+    code length known before quantizing.  Unquantized tensors at ``float_dtype`` (default: each
+    parameter's own dtype)."""
+    names = quantized_module_names(model, quantize_embeddings)
+    modules = dict(model.named_modules())
+    specs: list[TensorSpec] = []
+    covered: set[str] = set()
+    for n in names:
+        m = modules[n]
+        out_f, in_f = m.weight.shape
+        has_bias = isinstance(m, nn.Linear) and m.bias is not None
+        specs += gptq_linear_specs(n, int(out_f), int(in_f), bits, group_size, has_bias)
+        covered |= {f"{n}.weight", f"{n}.bias"}
+    for name, p in model.named_parameters():
+        if name not in covered:
+            width = dtype_bits(float_dtype or p.dtype)
+            specs.append(TensorSpec(name, tuple(int(d) for d in p.shape), width, "float"))
+    return sorted(specs, key=lambda s: s.name)
 
 
 def _windows(calibration_input_ids, vocab_size: int) -> list[torch.Tensor]:
