@@ -229,6 +229,8 @@ def direct_bound(smoothed_q_losses, smoothed_q_entropies, complexity: float, alp
     """Direct bound (beyond the paper): R_sq <= R_sq_hat + Delta C + Sigma sqrt(C) (Lemma 3.2, eq. 2).
 
     Uses the smoothed quantized model's actual per-token losses instead of eq. (20)'s worst case.
+    alpha must be fixed before seeing the data (e.g. smoothing_alpha(C, V)); picking it from the
+    data needs a union over the candidates (choices.py).
     complexity: C including log(grid_size/delta)/D (as from theorem34_complexity);
     loss_range: None or "tight" -> tight_loss_range(alpha, V); "worst_case" -> log(V/alpha);
     a number -> that Delta (must bound X - Y).  grid: explicit K in s-units (then |K| = len(grid)
