@@ -81,3 +81,17 @@ def test_exact_stratum_validation():
         subsampled_freedman_bound(x, x, 2.0, 0.1, 100, (0.0, 2.0), exact_losses=x)
     with pytest.raises(ValueError, match="smaller than n_tokens"):
         subsampled_freedman_bound(x, x, 2.0, 0.1, 5, (0.0, 2.0), exact_losses=x, exact_proxies=x)
+
+
+def test_azuma_exact_stratum_weights_strata_by_size():
+    from genbound_assets.bounds.azuma import azuma_bound
+    from genbound_assets.bounds.smoothing import smoothed_losses
+
+    rng = np.random.default_rng(2)
+    p_sample, p_exact = rng.uniform(0.01, 0.5, 300), rng.uniform(0.5, 0.99, 100)
+    plain = azuma_bound(p_sample, 64, 1000, 0.1, alpha_grid=(0.05,))
+    strat = azuma_bound(p_sample, 64, 1000, 0.1, alpha_grid=(0.05,), exact_probs_of_target=p_exact)
+    expected_mean = 0.1 * smoothed_losses(p_exact, 0.05, 64).mean() + 0.9 * plain.smoothed_mean
+    assert strat.smoothed_mean == pytest.approx(expected_mean, rel=1e-12)
+    assert strat.subsample_correction == pytest.approx(0.9 * plain.subsample_correction, rel=1e-12)
+    assert strat.azuma_term == pytest.approx(plain.azuma_term, rel=1e-12)

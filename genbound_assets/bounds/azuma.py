@@ -61,13 +61,16 @@ class AzumaBound:
 
 def azuma_bound(probs_of_target, vocab_size: int, n_tokens: int, delta: float,
                 complexity_nats: float = 0.0, alpha_grid=DEFAULT_ALPHA_GRID,
-                delta_split: float = 0.1, sampled: bool = True) -> AzumaBound:
+                delta_split: float = 0.1, sampled: bool = True,
+                exact_probs_of_target=None) -> AzumaBound:
     """Lotfi et al. (2024) token-level Azuma bound, with their subsample step (module docstring).
 
     probs_of_target: model probability of the observed token on m pairs drawn uniformly with
     replacement from the n_tokens = D training tokens (or all D tokens with sampled=False);
     complexity_nats: L(h).  delta_split: fraction of delta for the Azuma statement, the rest
-    for the subsample Hoeffding step (ignored when sampled=False).
+    for the subsample Hoeffding step (ignored when sampled=False).  exact_probs_of_target: every
+    target of a stratum fixed before sampling (calibration windows); the m pairs are then uniform
+    over the other D - n_exact targets and the two strata are weighted by their sizes.
     """
     p = finite_array("probs_of_target", probs_of_target)
     if p.min() < 0.0 or p.max() > 1.0:
@@ -93,11 +96,24 @@ def azuma_bound(probs_of_target, vocab_size: int, n_tokens: int, delta: float,
         delta_m, delta_sub = delta, 0.0
     union = choice_cost_nats(len(grid))
     m = len(p)
+    pe = None
+    if exact_probs_of_target is not None and len(exact_probs_of_target) > 0:
+        if not sampled:
+            raise ValueError("exact_probs_of_target needs sampled=True")
+        pe = finite_array("exact_probs_of_target", exact_probs_of_target)
+        if pe.min() < 0.0 or pe.max() > 1.0:
+            raise ValueError("exact_probs_of_target must lie in [0, 1]")
+        if len(pe) >= d:
+            raise ValueError(f"the exact stratum ({len(pe)}) must be smaller than n_tokens = {d}")
+    w_exact = 0.0 if pe is None else len(pe) / d
     rows = {}
     for a in grid:
         width = azuma_width(a, v)
         mean = float(smoothed_losses(p, a, v).mean())
         corr = width * math.sqrt((union + math.log(1.0 / delta_sub)) / (2.0 * m)) if sampled else 0.0
+        if pe is not None:
+            mean = w_exact * float(smoothed_losses(pe, a, v).mean()) + (1.0 - w_exact) * mean
+            corr *= 1.0 - w_exact
         term = width * math.sqrt((l_h + union + math.log(1.0 / delta_m)) / (2.0 * d))
         rows[a] = (mean + corr + term, mean, corr, term, width)
     best = min(rows, key=lambda a: rows[a][0])
