@@ -99,8 +99,11 @@ def exact():
     model, ids = tiny_model(), batch()
     h = reference_hessian(tiny_model(), ids)
     evals = np.linalg.eigvalsh(((h + h.T) / 2).numpy())
-    op = HessianOperator(model, ids, dtype=torch.float64, cache_graph=True)
-    return {"model": model, "ids": ids, "H": h, "evals": evals, "op": op}
+    op = HessianOperator(
+        model, ids, dtype=torch.float64, method="double_backward", cache_graph=True
+    )
+    fwd_rev = HessianOperator(model, ids, dtype=torch.float64)  # the default method
+    return {"model": model, "ids": ids, "H": h, "evals": evals, "op": op, "fwd_rev": fwd_rev}
 
 
 # ---- the operator ----------------------------------------------------------------------------
@@ -113,8 +116,9 @@ def test_fixture_is_small_indefinite_and_exact(exact):
     assert ev[0] < -0.1 * ev[-1] < 0  # genuinely indefinite: the PSD shift matters
 
 
-def test_hvp_equals_exact_hessian_times_v(exact):
-    op, h = exact["op"], exact["H"]
+@pytest.mark.parametrize("which", ["op", "fwd_rev"])
+def test_hvp_equals_exact_hessian_times_v(exact, which):
+    op, h = exact[which], exact["H"]
     gen = torch.Generator().manual_seed(7)
     for _ in range(3):
         v = torch.randn(op.dim, generator=gen, dtype=torch.float64)
@@ -127,8 +131,9 @@ def test_hvp_equals_exact_hessian_times_v(exact):
     np.testing.assert_allclose(op.matvec(v.numpy()), (h @ v).numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_operator_is_symmetric(exact):
-    op = exact["op"]
+@pytest.mark.parametrize("which", ["op", "fwd_rev"])
+def test_operator_is_symmetric(exact, which):
+    op = exact[which]
     gen = torch.Generator().manual_seed(11)
     u, v = (torch.randn(op.dim, generator=gen, dtype=torch.float64) for _ in range(2))
     uhv, vhu = float(u @ op.matvec(v)), float(v @ op.matvec(u))
@@ -138,7 +143,9 @@ def test_operator_is_symmetric(exact):
 def test_loss_is_mean_next_token_nll(exact):
     model, ids, op = exact["model"], exact["ids"], exact["op"]
     with torch.no_grad():
-        hf = copy.deepcopy(model).double()(input_ids=ids, labels=ids).loss  # HF's own shift-and-mean
+        hf = (
+            copy.deepcopy(model).double()(input_ids=ids, labels=ids).loss
+        )  # HF's own shift-and-mean
     assert op.n_targets == ids.shape[0] * (ids.shape[1] - 1)
     assert op.loss() == pytest.approx(float(hf), rel=1e-6)  # HF upcasts logits via float32
 
@@ -146,8 +153,10 @@ def test_loss_is_mean_next_token_nll(exact):
 def test_micro_batches_and_graph_cache_give_the_same_hvp(exact):
     model, ids, op = exact["model"], exact["ids"], exact["op"]
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    split = HessianOperator(model, ids, dtype=torch.float64, micro_batch_size=1)  # no cache
-    uneven = HessianOperator(model, ids, dtype=torch.float64, micro_batch_size=3)
+    split = HessianOperator(model, ids, dtype=torch.float64, micro_batch_size=1)
+    uneven = HessianOperator(
+        model, ids, dtype=torch.float64, micro_batch_size=3, method="double_backward"
+    )
     ref = op.matvec(v)
     for other in (split, uneven):
         torch.testing.assert_close(other.matvec(v), ref, rtol=1e-11, atol=1e-12)
@@ -221,6 +230,8 @@ def test_bad_inputs_are_rejected(exact):
         HessianOperator(model, batch() + VOCAB)  # ids outside the vocabulary
     with pytest.raises(ValueError):
         HessianOperator(model, batch(), dtype=torch.float16)
+    with pytest.raises(ValueError):
+        HessianOperator(model, batch(), cache_graph=True)  # needs double_backward
     with pytest.raises(ValueError):
         exact["op"].matvec(torch.ones(3, dtype=torch.float64))
 
@@ -349,7 +360,9 @@ def test_breakdown_on_the_model_hessian(exact):
     # gradient and zero Hessian rows: the qkv-bias Hessian is singular with a repeated 0
     model, ids, h = exact["model"], exact["ids"], exact["H"]
     name = "gpt_neox.layers.0.attention.query_key_value.bias"
-    op = HessianOperator(model, ids, dtype=torch.float64, params=[name], cache_graph=True)
+    op = HessianOperator(
+        model, ids, dtype=torch.float64, params=[name], method="double_backward", cache_graph=True
+    )
     full = HessianOperator(model, ids, dtype=torch.float64)
     off = full.offsets[full.param_names.index(name)]
     hs = h[off : off + op.dim, off : off + op.dim].numpy()

@@ -2,7 +2,9 @@
 
 Finzi et al. (ICLR 2025), App. B: quantizability is explained through Tr(H^1/2) of the loss
 Hessian at the trained weights; we estimate it with stochastic Lanczos quadrature (SLQ,
-``lanczos.py``) on Hessian-vector products (Pearlmutter: H v = grad(grad(L) . v)).
+``lanczos.py``) on exact Hessian-vector products (Pearlmutter: H v = d/dt grad L(theta + t v),
+computed forward-over-reverse with ``torch.func.jvp(grad)``, or reverse-over-reverse as
+grad(grad(L) . v)).
 
 The loss is the *mean next-token NLL over every target in a fixed batch of token windows*:
 ``input_ids`` of shape (B, T); each window's positions 1..T-1 are targets with the preceding
@@ -19,12 +21,12 @@ implementation rather than silently switching the caller's model.  Load checkpoi
 
 Everything one algorithm needs from the model goes through one object with ``shape`` and
 ``matvec`` (curvlinops-style), so SLQ, Hutchinson, dense checks and scipy all consume the same
-operator.  Why not curvlinops (3.0.1, which does accept dict inputs via ``batch_size_fn``): its
-Lanczos density has no reorthogonalization and takes one probe; its matrix products use
-``torch.func.vmap``, and ``torch.func.hessian`` (vmap of jvp-of-grad) returns a *wrong* Hessian
-for GPT-NeoX here (column of ``attention.dense.bias`` off by 0.06 against finite differences,
-while plain double backward agrees); and it pulls backpack, linear_operator and einconv into a
-pinned environment.  See docs/hessian.md.
+operator.  Why not curvlinops (3.0.1; it does accept dict inputs via ``batch_size_fn``): its
+HVP is ``torch.func.jvp(torch.func.jacrev(loss))``, and on GPT-NeoX that composition returns a
+*wrong* Hessian column (``attention.dense.bias``: off by ~1e-2 absolute on the test fixture, as
+does ``torch.func.hessian``), while ``jvp(grad(loss))``, double backward and finite differences
+agree; its Lanczos density has no reorthogonalization and one probe; and it pulls backpack,
+linear_operator and einconv into a pinned environment.  See docs/hessian.md.
 """
 
 from __future__ import annotations
@@ -176,14 +178,18 @@ class HessianOperator:
         model is never modified); a model already in ``dtype`` is used in place (its
         ``requires_grad`` flags and train/eval mode are restored after every call).
     device : where to compute; default the model's device.
-    cache_graph : keep the first-order gradient graph of every micro-batch (built with
+    method : ``"fwd_rev"`` (default): forward-over-reverse, ``torch.func.jvp`` of
+        ``torch.func.grad`` through ``functional_call`` (~1.5x a forward+backward, bench/);
+        ``"double_backward"``: reverse-over-reverse, ``autograd.grad`` of (grad . v)
+        (~3.7x).  Both are Pearlmutter's exact H v and agree to float64 rounding (tests).
+    cache_graph : (double_backward only) keep the first-order gradient graph of every micro-batch (built with
         ``create_graph`` at the first ``matvec``) so each HVP is a single extra backward pass
         instead of forward + backward + double backward.  Holds all activations of the whole batch
         twice over: for small models (tests, the demo), not Pythia.  Stale if the weights change
         (:meth:`clear_cache`).
 
     ``matvec`` accepts a 1-D torch tensor (any float dtype/device) or numpy array and returns the
-    same kind; :attr:`n_matvecs` counts HVPs (one HVP = one forward + double backward per
+    same kind; :attr:`n_matvecs` counts HVPs (one HVP = one pass of the chosen method over every
     micro-batch).  Note: transformers' eager GPT-NeoX attention runs its softmax in float32 even
     for float64 models, so float64 HVPs are accurate to ~1e-10 relative, not 1e-16.
     """
@@ -197,10 +203,16 @@ class HessianOperator:
         micro_batch_size: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
+        method: str = "fwd_rev",
         cache_graph: bool = False,
     ):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if method not in ("fwd_rev", "double_backward"):
+            raise ValueError(f"method must be 'fwd_rev' or 'double_backward', got {method!r}")
+        if cache_graph and method != "double_backward":
+            raise ValueError("cache_graph needs method='double_backward'")
+        self.method = method
         require_eager_attention(model)
         ids = torch.as_tensor(input_ids)
         if ids.ndim != 2 or ids.shape[1] < 2:
@@ -281,9 +293,16 @@ class HessianOperator:
     def _micro_batches(self):
         return torch.split(self.input_ids, self.micro_batch_size, dim=0)
 
-    def _mb_loss(self, ids: torch.Tensor) -> torch.Tensor:
-        """This micro-batch's share of the mean NLL: its NLL sum / total target count."""
-        logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1]
+    def _mb_loss(self, ids: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        """This micro-batch's share of the mean NLL: its NLL sum / total target count.
+
+        ``params``: a name -> tensor dict to call the model functionally with (torch.func)."""
+        kwargs = {"input_ids": ids, "use_cache": False}
+        if params is None:
+            logits = self.model(**kwargs).logits
+        else:
+            logits = torch.func.functional_call(self.model, params, (), kwargs).logits
+        logits = logits[:, :-1]
         nll = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).to(self.dtype),
             ids[:, 1:].reshape(-1),
@@ -320,8 +339,40 @@ class HessianOperator:
             )
             yield grads
 
+    def _hvp_double_backward(self, vs: list[torch.Tensor], out: torch.Tensor) -> None:
+        if self.cache_graph and self._graphs is None:
+            self._graphs = list(self._first_order_graphs())
+        graphs = self._graphs if self.cache_graph else self._first_order_graphs()
+        for grads in graphs:
+            # d/dtheta (g . v) = H v: backward of g with grad_outputs v through g's graph
+            live = [(g, u) for g, u in zip(grads, vs, strict=True) if g.requires_grad]
+            if not live:  # the gradient does not depend on the parameters at all
+                continue
+            hv = torch.autograd.grad(
+                [g for g, _ in live],
+                self._params,
+                grad_outputs=[u for _, u in live],
+                retain_graph=self.cache_graph,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            out += self.flatten(hv)
+
+    def _hvp_fwd_rev(self, vs: list[torch.Tensor], out: torch.Tensor) -> None:
+        # grad, not jacrev: jvp(jacrev(loss)) (curvlinops, torch.func.hessian) gives a wrong
+        # GPT-NeoX Hessian column; jvp(grad(loss)) agrees with double backward to 1e-16
+        from torch.func import grad, jvp
+
+        primals = {n: p.detach() for n, p in zip(self.param_names, self._params, strict=True)}
+        tangents = dict(zip(self.param_names, vs, strict=True))
+        for mb in self._micro_batches():
+            _, hv = jvp(
+                grad(lambda params, mb=mb: self._mb_loss(mb, params)), (primals,), (tangents,)
+            )
+            out += self.flatten(hv[n] for n in self.param_names)
+
     def matvec(self, v):
-        """H v by Pearlmutter's trick (double backward), accumulated over micro-batches."""
+        """H v (Pearlmutter), summed over micro-batches; accepts/returns torch or numpy."""
         as_numpy = isinstance(v, np.ndarray)
         vt = torch.from_numpy(np.ascontiguousarray(v)) if as_numpy else v
         if vt.numel() != self.dim:
@@ -331,23 +382,10 @@ class HessianOperator:
         vs = self.unflatten(vt)
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with self._grad_scope():
-            if self.cache_graph and self._graphs is None:
-                self._graphs = list(self._first_order_graphs())
-            graphs = self._graphs if self.cache_graph else self._first_order_graphs()
-            for grads in graphs:
-                # d/dtheta (g . v) = H v: backward of g with grad_outputs v through g's graph
-                live = [(g, u) for g, u in zip(grads, vs, strict=True) if g.requires_grad]
-                if not live:  # the gradient does not depend on the parameters at all
-                    continue
-                hv = torch.autograd.grad(
-                    [g for g, _ in live],
-                    self._params,
-                    grad_outputs=[u for _, u in live],
-                    retain_graph=self.cache_graph,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-                out += self.flatten(hv)
+            if self.method == "fwd_rev":
+                self._hvp_fwd_rev(vs, out)
+            else:
+                self._hvp_double_backward(vs, out)
         self.n_matvecs += 1
         if as_numpy:
             return out.detach().cpu().numpy().astype(v.dtype if v.dtype.kind == "f" else np.float64)
@@ -399,6 +437,7 @@ def hessian_spectrum(
     micro_batch_size: int | None = None,
     basis_device: str | torch.device | None = None,
     hutchinson_vectors: int = 0,
+    method: str = "fwd_rev",
 ) -> dict:
     """One call for a checkpoint: SLQ (and optionally Hutchinson) on the training-NLL Hessian.
 
@@ -407,7 +446,12 @@ def hessian_spectrum(
     :meth:`SLQResult.summary`.  Cost: <= n_steps * n_vectors + hutchinson_vectors HVPs.
     """
     op = HessianOperator(
-        model, input_ids, params=params, micro_batch_size=micro_batch_size, dtype=dtype
+        model,
+        input_ids,
+        params=params,
+        micro_batch_size=micro_batch_size,
+        dtype=dtype,
+        method=method,
     )
     res = slq(op, n_steps, n_vectors, seed=seed, dtype=dtype, basis_device=basis_device)
     hut = (
