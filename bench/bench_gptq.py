@@ -65,7 +65,7 @@ def _train(model, stream, steps: int, seed: int) -> float:
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        loss = float(out.loss)
+        loss = float(out.loss.detach())
     model.eval()
     return loss
 
