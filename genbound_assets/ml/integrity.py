@@ -385,7 +385,8 @@ def check_model(
             if k:
                 owners.setdefault(k, []).append(i)
     out = list(reports)
-    for k, idx in owners.items():
+    # whole-checkpoint matches first, so their (stronger) reason wins over a shared shard
+    for k, idx in sorted(owners.items(), key=lambda kv: kv[0].startswith("file:")):
         if len(idx) < 2:
             continue
         for i in idx:

@@ -566,8 +566,8 @@ def load_data_order(root) -> dict:
 
 def default_data_dir() -> Path:
     """$GENBOUND_DATA_DIR, else ~/.local/share/genbound."""
-    env = os.environ.get("GENBOUND_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "genbound"
+    env = os.environ.get("GENBOUND_DATA_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else Path.home() / ".local" / "share" / "genbound"
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,6 +650,104 @@ def _step_batch(stream_tokens, labels_all, doc_starts, step: int, B: int, T: int
     return torch.from_numpy(inputs), torch.from_numpy(lab), mask
 
 
+def _train_one(plan: SuitePlan, name: str, tokens: np.ndarray, doc_starts: np.ndarray,
+               root: str, order_sha: str, progress: bool, position: int,
+               num_threads: int | None) -> TrainedModel:
+    """Train one size and write its checkpoints (runs in the caller or in a worker process)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GPTNeoXForCausalLM
+
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        train = plan.train
+        m = plan.model(name)
+        B, T = train.batch_size, train.context_length
+        labels_np = tokens.copy()
+        labels_np[doc_starts] = -100
+        prefix = np.where(np.arange(m.total_steps + 1) > 0, np.arange(m.total_steps + 1) * B * T + 1, 0)
+        targets = prefix - np.searchsorted(doc_starts, prefix, side="left")
+        cfg = plan.config(name)
+        cfg._attn_implementation = "sdpa"
+        torch.manual_seed(train.seed)
+        model = GPTNeoXForCausalLM(cfg)
+        model.train()
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=m.spec.lr, betas=train.betas, eps=1e-8,
+        )
+        ckpts = set(m.checkpoint_steps)
+        frontier_of: dict[int, list[str]] = {}
+        for label, st in m.frontier_steps.items():
+            frontier_of.setdefault(st, []).append(label)
+        losses: list[float] = []
+
+        def save(step: int, lr: float) -> None:
+            write_checkpoint(root, name, step, model, {
+                "tokens_seen": step * B * T,
+                "n_targets_seen": int(targets[step]),
+                "trained_prefix_len": trained_prefix_len(step, B * T),
+                "tokens_per_step": B * T,
+                "context_length": T,
+                "batch_size": B,
+                "n_params": m.n_params,
+                "n_params_non_embedding": m.n_params_non_embedding,
+                "d_star": m.d_star,
+                "is_d_star": step == m.d_star_step,
+                "frontier": sorted(frontier_of.get(step, [])),
+                "total_steps": m.total_steps,
+                "lr_last_update": lr,
+                "train_loss": (sum(losses) / len(losses)) if losses else None,
+                "data_order_sha256": order_sha,
+                "stream_sha256": plan.stream_sha256,
+                "seed": train.seed,
+            })
+            losses.clear()
+
+        bar = tqdm(total=m.total_steps, desc=f"{name} (N={m.n_params:,})", unit="step",
+                   disable=not progress, leave=True, dynamic_ncols=True, position=position)
+        lr, last_loss = 0.0, float("nan")
+        for step in range(m.total_steps):
+            if step in ckpts:
+                save(step, lr)
+            lr = lr_at(step, m.total_steps, m.spec.lr, train.warmup_frac, train.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            inputs, labels, mask = _step_batch(tokens, labels_np, doc_starts, step, B, T)
+            logits = model(input_ids=inputs, attention_mask=mask).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            opt.step()
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"{name}: non-finite training loss at step {step}")
+            losses.append(last_loss)
+            bar.update(1)
+            if step % 16 == 0:
+                bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
+        save(m.total_steps, lr)
+        bar.close()
+        return TrainedModel(
+            name=name, n_params=m.n_params, d_star=m.d_star, d_star_step=m.d_star_step,
+            d_star_targets=m.d_star_targets, total_steps=m.total_steps,
+            checkpoint_steps=m.checkpoint_steps, final_loss=last_loss,
+            wall_s=time.perf_counter() - t0,
+        )
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(old_threads)
+
+
 def train_suite(
     stream: TokenStream,
     root,
@@ -660,7 +758,8 @@ def train_suite(
     source_info: Mapping | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
+    workers: int = 1,
     on_model_done: Callable[[TrainedModel], None] | None = None,
 ) -> SuiteResult:
     """Train every size on the same in-order data and write atomic checkpoints under ``root``.
@@ -668,12 +767,16 @@ def train_suite(
     ``stream_file``: where the stream is saved (recorded in data_order.json with its sha256).
     ``source_info``: json-able description of corpus/tokenizer, recorded as-is.
     ``overwrite``: replace existing model folders (else an existing one is an error).
+    ``num_threads``: torch threads per model (1: on a shared 2-core machine, 2 OpenMP threads
+    spin-wait and run several times slower than 1).  ``workers``: sizes trained at once, each in
+    its own (spawned) process, largest first; results are identical to ``workers=1``.
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import GPTNeoXForCausalLM
-
     t_start = time.perf_counter()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     plan = plan_suite(stream, sizes, train, vocab_size)
     train = plan.train
     root = Path(root).expanduser()
@@ -709,104 +812,34 @@ def train_suite(
     write_json_atomic(order_path, order)
     order_sha = sha256_file(order_path)
 
-    B, T = train.batch_size, train.context_length
-    tokens_np = stream.tokens
-    labels_np = stream.tokens.copy()
-    labels_np[stream.doc_starts] = -100
-    targets = _targets_after_steps(stream, max(m.total_steps for m in plan.models), B * T)
-
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    results: list[TrainedModel] = []
-    try:
+    # largest first: with several workers the longest run starts at once (LPT scheduling)
+    jobs = sorted(plan.models, key=lambda m: m.total_steps * m.n_params, reverse=True)
+    args = {m.name: (plan, m.name, stream.tokens, stream.doc_starts, str(root), order_sha,
+                     progress, i, num_threads) for i, m in enumerate(plan.models)}
+    done: dict[str, TrainedModel] = {}
+    if workers == 1 or len(jobs) == 1:
         for m in plan.models:
-            t0 = time.perf_counter()
-            cfg = plan.config(m.name)
-            cfg._attn_implementation = "sdpa"
-            torch.manual_seed(train.seed)
-            model = GPTNeoXForCausalLM(cfg)
-            model.train()
-            decay = [p for p in model.parameters() if p.ndim >= 2]
-            no_decay = [p for p in model.parameters() if p.ndim < 2]
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": train.weight_decay},
-                 {"params": no_decay, "weight_decay": 0.0}],
-                lr=m.spec.lr, betas=train.betas, eps=1e-8,
-            )
-            ckpts = set(m.checkpoint_steps)
-            frontier_of = {}
-            for label, s in m.frontier_steps.items():
-                frontier_of.setdefault(s, []).append(label)
-            losses: list[float] = []
-            last_loss = float("nan")
-
-            def save(step: int, lr: float) -> None:
-                recent = [x for x in losses if math.isfinite(x)]
-                write_checkpoint(root, m.name, step, model, {
-                    "tokens_seen": step * B * T,
-                    "n_targets_seen": int(targets[step]),
-                    "trained_prefix_len": trained_prefix_len(step, B * T),
-                    "tokens_per_step": B * T,
-                    "context_length": T,
-                    "batch_size": B,
-                    "n_params": m.n_params,
-                    "n_params_non_embedding": m.n_params_non_embedding,
-                    "d_star": m.d_star,
-                    "is_d_star": step == m.d_star_step,
-                    "frontier": sorted(frontier_of.get(step, [])),
-                    "total_steps": m.total_steps,
-                    "lr_last_update": lr,
-                    "train_loss": (sum(recent) / len(recent)) if recent else None,
-                    "data_order_sha256": order_sha,
-                    "stream_sha256": plan.stream_sha256,
-                    "seed": train.seed,
-                })
-                losses.clear()
-
-            bar = tqdm(total=m.total_steps, desc=f"{m.name} (N={m.n_params:,})", unit="step",
-                       disable=not progress, leave=True, dynamic_ncols=True)
-            lr = 0.0
-            for step in range(m.total_steps):
-                if step in ckpts:
-                    save(step, lr)
-                lr = lr_at(step, m.total_steps, m.spec.lr, train.warmup_frac, train.min_lr_ratio)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                inputs, labels, mask = _step_batch(tokens_np, labels_np, stream.doc_starts, step, B, T)
-                logits = model(input_ids=inputs, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-                opt.step()
-                last_loss = float(loss.detach())
-                if not math.isfinite(last_loss):
-                    raise FloatingPointError(f"{m.name}: non-finite training loss at step {step}")
-                losses.append(last_loss)
-                bar.update(1)
-                if step % 16 == 0:
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            save(m.total_steps, lr)
-            bar.close()
-            tm = TrainedModel(
-                name=m.name, n_params=m.n_params, d_star=m.d_star, d_star_step=m.d_star_step,
-                d_star_targets=m.d_star_targets, total_steps=m.total_steps,
-                checkpoint_steps=m.checkpoint_steps, final_loss=last_loss,
-                wall_s=time.perf_counter() - t0,
-            )
-            results.append(tm)
+            done[m.name] = _train_one(*args[m.name])
             if on_model_done is not None:
-                on_model_done(tm)
-    finally:
-        if num_threads is not None:
-            torch.set_num_threads(old_threads)
+                on_model_done(done[m.name])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                 mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(_train_one, *args[m.name]): m.name for m in jobs}
+            for f in as_completed(futs):
+                done[futs[f]] = f.result()
+                if on_model_done is not None:
+                    on_model_done(done[futs[f]])
+    results = [done[m.name] for m in plan.models]
     wall = time.perf_counter() - t_start
     suite_doc = {
         "data_order_sha256": order_sha,
         "wall_s": wall,
+        "workers": workers,
+        "num_threads": num_threads,
         "models": {r.name: asdict(r) for r in results},
     }
     suite_path = root / SUITE_NAME
