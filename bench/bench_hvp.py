@@ -5,11 +5,13 @@
 
 Builds a randomly initialized GPT-NeoX (eager attention; no weights are downloaded), times
 (median of --repeats after one warm-up):
-  fwd_bwd        HessianOperator.gradient(): forward + backward (the unit of training cost)
-  hvp            HessianOperator.matvec(): forward + backward(create_graph) + double backward
-  hvp_cached     matvec with cache_graph=True: one backward through the kept gradient graph
-  hvp_fwd_rev    torch.func.jvp(grad(loss)) forward-over-reverse, for comparison only
-  slq_step       one Lanczos step with full reorthogonalization at --slq-steps, HVP included
+  fwd_bwd          HessianOperator.gradient(): forward + backward (the unit of training cost)
+  hvp              matvec, method="double_backward" (the default): fwd + bwd(create_graph)
+                   + a backward of (grad . v)
+  hvp_fwd_rev      matvec, method="fwd_rev": torch.func.jvp(grad(loss)) forward-over-reverse
+  hvp_cached       double_backward with cache_graph=True: one backward through the kept graph
+  slq_step         one Lanczos step (default HVP + full reorthogonalization), mean of
+                   --slq-steps steps
 and prints a table and one JSON line (ratios are what to compare across machines).
 """
 
@@ -21,10 +23,10 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,41 +61,34 @@ def build(preset: str, dtype: torch.dtype, device: str, seed: int) -> GPTNeoXFor
     return GPTNeoXForCausalLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def timed(fn, repeats: int, device: str) -> float:
+def measure(fns: dict, repeats: int, device: str) -> dict:
+    """Round-robin timing (so load drifts hit every candidate alike): min and median wall
+    seconds and median CPU seconds of this process, after one warm-up call each."""
+
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    fn()  # warm-up
-    sync()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn in fns.values():
         fn()
-        sync()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
-
-
-def fwd_over_rev(op: HessianOperator):
-    """H v = jvp(grad L)(theta; v) with torch.func on a functional call (single vector: no vmap)."""
-    from torch.func import functional_call, grad, jvp
-
-    model, ids = op.model, op.input_ids
-    names = op.param_names
-    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
-
-    def loss(params):
-        logits = functional_call(model, {**frozen, **params}, (), {"input_ids": ids}).logits
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-    primals = {n: p.detach() for n, p in zip(names, op._params, strict=True)}
-
-    def hvp(v):
-        tangents = dict(zip(names, op.unflatten(v), strict=True))
-        return jvp(grad(loss), (primals,), (tangents,))[1]
-
-    return hvp
+    sync()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {
+        k: {
+            "min": min(wall[k]),
+            "median": statistics.median(wall[k]),
+            "cpu_median": statistics.median(cpu[k]),
+        }
+        for k in fns
+    }
 
 
 def main(argv=None) -> dict:
@@ -107,7 +102,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slq-steps", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-fwd-rev", action="store_true", help="skip the torch.func comparison")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,24 +114,30 @@ def main(argv=None) -> dict:
         (args.batch, args.seq),
         generator=torch.Generator().manual_seed(args.seed + 1),
     )
-    op = HessianOperator(model, ids, dtype=dtype)
-    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(2), dtype=dtype).to(args.device)
-    r = args.repeats
-    t = {
-        "fwd_bwd": timed(op.gradient, r, args.device),
-        "hvp": timed(lambda: op.matvec(v), r, args.device),
-    }
-    cached = HessianOperator(model, ids, dtype=dtype, cache_graph=True)
-    t["hvp_cached"] = timed(lambda: cached.matvec(v), r, args.device)
-    if not args.no_fwd_rev:
-        f = fwd_over_rev(op)
-        t["hvp_fwd_rev"] = timed(lambda: f(v), r, args.device)
+    op = HessianOperator(model, ids, dtype=dtype)  # method="double_backward"
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    v = v.to(args.device)
+    fr = HessianOperator(model, ids, dtype=dtype, method="fwd_rev")
+    cached = HessianOperator(model, ids, dtype=dtype, method="double_backward", cache_graph=True)
+    t = measure(
+        {
+            "fwd_bwd": op.gradient,
+            "hvp": partial(op.matvec, v),
+            "hvp_fwd_rev": partial(fr.matvec, v),
+            "hvp_cached": partial(cached.matvec, v),
+        },
+        args.repeats,
+        args.device,
+    )
+    del fr, cached
     m = args.slq_steps
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     slq(op, m, 1, seed=0, dtype=dtype)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    t["slq_step"] = (time.perf_counter() - t0) / m
+    step = (time.perf_counter() - t0) / m
+    t["slq_step"] = {"min": step, "median": step, "cpu_median": (time.process_time() - c0) / m}
+    base = t["fwd_bwd"]
 
     result = {
         "bench": "hvp",
@@ -149,13 +149,21 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "seconds": {k: round(s, 6) for k, s in t.items()},
-        "ratio_to_fwd_bwd": {k: round(s / t["fwd_bwd"], 3) for k, s in t.items()},
+        "repeats": args.repeats,
+        "seconds": {k: {q: round(x, 6) for q, x in d.items()} for k, d in t.items()},
+        "ratio_to_fwd_bwd": {k: round(d["min"] / base["min"], 3) for k, d in t.items()},
+        "ratio_to_fwd_bwd_cpu": {
+            k: round(d["cpu_median"] / base["cpu_median"], 3) for k, d in t.items()
+        },
         "slq_steps_for_slq_step": m,
     }
-    print(f"{'what':<14}{'seconds':>12}{'x fwd+bwd':>12}")
-    for k, s in t.items():
-        print(f"{k:<14}{s:>12.4f}{s / t['fwd_bwd']:>12.2f}")
+    head = f"{'what':<16}{'min s':>10}{'median s':>10}{'cpu s':>10}{'x fwd+bwd':>11}{'x (cpu)':>9}"
+    print(head)
+    for k, d in t.items():
+        print(
+            f"{k:<16}{d['min']:>10.4f}{d['median']:>10.4f}{d['cpu_median']:>10.4f}"
+            f"{d['min'] / base['min']:>11.2f}{d['cpu_median'] / base['cpu_median']:>9.2f}"
+        )
     print(
         f"({args.preset}: {op.dim:,} params, batch {args.batch}x{args.seq}, {args.dtype}, "
         f"{args.device}, {torch.get_num_threads()} threads)"

@@ -102,7 +102,7 @@ def exact():
     op = HessianOperator(
         model, ids, dtype=torch.float64, method="double_backward", cache_graph=True
     )
-    fwd_rev = HessianOperator(model, ids, dtype=torch.float64)  # the default method
+    fwd_rev = HessianOperator(model, ids, dtype=torch.float64, method="fwd_rev")
     return {"model": model, "ids": ids, "H": h, "evals": evals, "op": op, "fwd_rev": fwd_rev}
 
 
@@ -154,9 +154,7 @@ def test_micro_batches_and_graph_cache_give_the_same_hvp(exact):
     model, ids, op = exact["model"], exact["ids"], exact["op"]
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     split = HessianOperator(model, ids, dtype=torch.float64, micro_batch_size=1)
-    uneven = HessianOperator(
-        model, ids, dtype=torch.float64, micro_batch_size=3, method="double_backward"
-    )
+    uneven = HessianOperator(model, ids, dtype=torch.float64, micro_batch_size=3, method="fwd_rev")
     ref = op.matvec(v)
     for other in (split, uneven):
         torch.testing.assert_close(other.matvec(v), ref, rtol=1e-11, atol=1e-12)
@@ -231,7 +229,9 @@ def test_bad_inputs_are_rejected(exact):
     with pytest.raises(ValueError):
         HessianOperator(model, batch(), dtype=torch.float16)
     with pytest.raises(ValueError):
-        HessianOperator(model, batch(), cache_graph=True)  # needs double_backward
+        HessianOperator(model, batch(), cache_graph=True, method="fwd_rev")
+    with pytest.raises(ValueError):
+        HessianOperator(model, batch(), method="finite_differences")
     with pytest.raises(ValueError):
         exact["op"].matvec(torch.ones(3, dtype=torch.float64))
 

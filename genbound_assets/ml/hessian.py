@@ -3,8 +3,8 @@
 Finzi et al. (ICLR 2025), App. B: quantizability is explained through Tr(H^1/2) of the loss
 Hessian at the trained weights; we estimate it with stochastic Lanczos quadrature (SLQ,
 ``lanczos.py``) on exact Hessian-vector products (Pearlmutter: H v = d/dt grad L(theta + t v),
-computed forward-over-reverse with ``torch.func.jvp(grad)``, or reverse-over-reverse as
-grad(grad(L) . v)).
+computed reverse-over-reverse as grad(grad(L) . v), or forward-over-reverse with
+``torch.func.jvp(grad)``).
 
 The loss is the *mean next-token NLL over every target in a fixed batch of token windows*:
 ``input_ids`` of shape (B, T); each window's positions 1..T-1 are targets with the preceding
@@ -178,10 +178,11 @@ class HessianOperator:
         model is never modified); a model already in ``dtype`` is used in place (its
         ``requires_grad`` flags and train/eval mode are restored after every call).
     device : where to compute; default the model's device.
-    method : ``"fwd_rev"`` (default): forward-over-reverse, ``torch.func.jvp`` of
-        ``torch.func.grad`` through ``functional_call`` (~1.5x a forward+backward, bench/);
-        ``"double_backward"``: reverse-over-reverse, ``autograd.grad`` of (grad . v)
-        (~3.7x).  Both are Pearlmutter's exact H v and agree to float64 rounding (tests).
+    method : ``"double_backward"`` (default): reverse-over-reverse, ``autograd.grad`` of
+        (grad . v), ~2.8x a forward+backward on CPU (bench/bench_hvp.py); ``"fwd_rev"``:
+        forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad`` through
+        ``functional_call``, ~4-5x on CPU (torch.func overhead; worth re-timing on a GPU).  Both
+        are Pearlmutter's exact H v and agree to float64 rounding (tests).
     cache_graph : (double_backward only) keep the first-order gradient graph of every micro-batch (built with
         ``create_graph`` at the first ``matvec``) so each HVP is a single extra backward pass
         instead of forward + backward + double backward.  Holds all activations of the whole batch
@@ -203,7 +204,7 @@ class HessianOperator:
         micro_batch_size: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
-        method: str = "fwd_rev",
+        method: str = "double_backward",
         cache_graph: bool = False,
     ):
         if dtype not in (torch.float32, torch.float64):
@@ -437,7 +438,7 @@ def hessian_spectrum(
     micro_batch_size: int | None = None,
     basis_device: str | torch.device | None = None,
     hutchinson_vectors: int = 0,
-    method: str = "fwd_rev",
+    method: str = "double_backward",
 ) -> dict:
     """One call for a checkpoint: SLQ (and optionally Hutchinson) on the training-NLL Hessian.
 
