@@ -271,6 +271,10 @@ class SLQResult:
         """Tr(|A|^1/2) = sum_i |lambda_i|^1/2."""
         return self.trace(lambda t: np.sqrt(np.abs(t)))
 
+    def trace_sqrt_positive(self) -> float:
+        """Tr(A_+^1/2) = sum_i max(lambda_i, 0)^1/2: the positive part alone, no shift."""
+        return self.trace(_sqrt_clamped)
+
     # ---- spectral density ---------------------------------------------------------------------
     def density(
         self,
@@ -319,6 +323,7 @@ class SLQResult:
                 lambda t, s=self.shift: _sqrt_clamped(t + s)
             ),
             "trace_sqrt_abs": self.trace_sqrt_abs(),
+            "trace_sqrt_positive": self.trace_sqrt_positive(),
         }
 
 
