@@ -263,6 +263,13 @@ def test_slq_matches_exact_spectrum_quantities(exact):
         sd = np.sqrt(2 * (np.sum(fm**2) - np.sum(np.diag(fm) ** 2)))
         assert abs(est - f(ev).sum()) <= 4 * sd / np.sqrt(res.n_vectors)
     assert res.trace_sqrt_positive() < res.trace_sqrt_abs() < res.trace_sqrt_shifted()
+    # the pooled quadrature is what storage keeps and bounds.hessian_bits consumes
+    nodes, weights = res.pooled()
+    assert weights.sum() == pytest.approx(1.0)
+    from genbound_assets.bounds.hessian_bits import trace_sqrt_from_spectrum
+
+    pooled = trace_sqrt_from_spectrum(nodes, weights, dim=n)
+    assert pooled == pytest.approx(res.trace_sqrt_shifted(), rel=1e-12)
 
 
 def test_slq_on_the_hvp_operator_is_slq_on_the_exact_matrix(exact):

@@ -223,6 +223,14 @@ class SLQResult:
     def n_vectors(self) -> int:
         return len(self.nodes)
 
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """All runs' nodes and weights / n_v concatenated (weights sum to 1): the averaged
+        quadrature, n * sum_j w_j f(theta_j) = :meth:`trace` (``ritz_nodes``/``ritz_weights`` in
+        storage; ``bounds.hessian_bits.trace_sqrt_from_spectrum(nodes, weights, dim=n)``)."""
+        nodes = np.concatenate(self.nodes)
+        weights = np.concatenate(self.weights) / self.n_vectors
+        return nodes, weights
+
     # ---- generic quadrature ----------------------------------------------------------------
     def quadratic_forms(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Per probe v: n * sum_j w_vj f(theta_vj) ~= v^T f(A) v (exact after breakdown)."""
@@ -297,8 +305,7 @@ class SLQResult:
         if grid is None:
             grid = np.linspace(self.lambda_min - 5 * sigma, self.lambda_max + 5 * sigma, n_points)
         grid = np.asarray(grid, dtype=np.float64)
-        theta = np.concatenate(self.nodes)
-        w = np.concatenate(self.weights) / self.n_vectors
+        theta, w = self.pooled()
         z = (grid[:, None] - theta[None, :]) / sigma
         phi = (np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))) @ w
         return grid, phi
