@@ -430,17 +430,20 @@ def hessian_spectrum(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     *,
-    n_steps: int = 64,
-    n_vectors: int = 4,
+    n_steps: int = 32,
+    n_vectors: int = 2,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     params: ParamSelector = None,
     micro_batch_size: int | None = None,
     basis_device: str | torch.device | None = None,
-    hutchinson_vectors: int = 0,
+    hutchinson_vectors: int = 8,
     method: str = "double_backward",
 ) -> dict:
     """One call for a checkpoint: SLQ (and optionally Hutchinson) on the training-NLL Hessian.
+
+    The defaults are the demo's (docs/hessian.md gives Pythia's): m = 32 Lanczos steps,
+    n_v = 2 probes, 8 Hutchinson probes = 72 HVPs.
 
     Returns ``{"slq": SLQResult, "hutchinson": HutchinsonResult | None, "summary": dict}``;
     the summary adds the batch loss, parameter count and Hutchinson trace to
