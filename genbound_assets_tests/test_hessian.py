@@ -297,6 +297,7 @@ def test_hessian_spectrum_summary_end_to_end():
     )
     s = out["summary"]
     assert s["n_matvecs"] == 24 and s["n_params"] == 872 and s["hutchinson_vectors"] == 4
+    assert s["n_batch_tokens"] == 16 and s["n_targets"] == 14
     assert s["lambda_min"] <= s["lambda_max"] and s["shift"] >= 0
     assert s["trace_sqrt_shifted"] > 0 and np.isfinite(s["loss"])
 

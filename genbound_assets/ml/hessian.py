@@ -468,6 +468,7 @@ def hessian_spectrum(
         loss=op.loss(),
         n_params=op.dim,
         n_targets=op.n_targets,
+        n_batch_tokens=int(op.input_ids.numel()),
         dtype=str(dtype).removeprefix("torch."),
         hutchinson_trace=None if hut is None else hut.estimate,
         hutchinson_stderr=None if hut is None else hut.stderr,
