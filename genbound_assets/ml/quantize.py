@@ -12,10 +12,13 @@ Nothing here touches Dagster, a database or the network.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -415,6 +418,21 @@ def _gptqmodel_can_pack(bits: int, in_f: int, out_f: int) -> bool:
     return bits != 3 or (in_f % 32 == 0 and out_f % 32 == 0)
 
 
+@contextlib.contextmanager
+def _gptqmodel_log_level(level: int):
+    """Raise the level of GPTQModel's loggers for the duration (restored after)."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n.split(".")[0] in ("gptqmodel", "logbar", "tokenicer", "defuser")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.level))
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, saved, strict=True):
+            lg.setLevel(lv)
+
+
 def _run_gptqmodel(model: nn.Module, windows: list[torch.Tensor], bits: int, group_size: int,
                    lm_head_name: str | None, device: str, seed: int, work: Path, *,
                    damp_percent: float, batch_size: int, pack_impl: str
@@ -439,12 +457,22 @@ def _run_gptqmodel(model: nn.Module, windows: list[torch.Tensor], bits: int, gro
     )
     dtype = next(model.parameters()).dtype
     torch.manual_seed(seed)
-    qm = GPTQModel.load(str(float_dir), qc, dtype=dtype)
-    # transformers 5 names GPT-NeoX's unembedding `lm_head`; GPTQModel 7.6 still says `embed_out`.
-    qm.lm_head = _module_name(qm.model, qm.model.get_output_embeddings())
-    calib = [{"input_ids": w.tolist(), "attention_mask": [1] * w.numel()} for w in windows]
-    qm.quantize(calib, batch_size=batch_size, calibration_data_min_length=2)
-    qm.save(str(gptq_dir))
+    # GPTQModel writes per-run logs to ./logs (relative to the CWD) and prints INFO tables: keep
+    # the files in the work dir and the tables out of the user's terminal unless asked for.
+    from gptqmodel.looper import loop_processor
+    loop_processor._PROJECT_LOG_DIR = work / "logs"
+    quiet = os.environ.get("GENBOUND_GPTQ_VERBOSE", "") in ("", "0")
+    chatter = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.redirect_stdout(chatter))
+            stack.enter_context(_gptqmodel_log_level(logging.WARNING))
+        qm = GPTQModel.load(str(float_dir), qc, dtype=dtype)
+        # transformers 5 names GPT-NeoX's unembedding `lm_head`; GPTQModel 7.6 says `embed_out`.
+        qm.lm_head = _module_name(qm.model, qm.model.get_output_embeddings())
+        calib = [{"input_ids": w.tolist(), "attention_mask": [1] * w.numel()} for w in windows]
+        qm.quantize(calib, batch_size=batch_size, calibration_data_min_length=2)
+        qm.save(str(gptq_dir))
     cfg = json.loads((gptq_dir / "quantize_config.json").read_text())
     if cfg.get("format") != STORAGE_FORMAT or cfg.get("sym") is not False:
         raise RuntimeError(f"GPTQModel saved format={cfg.get('format')!r} sym={cfg.get('sym')!r}")
