@@ -23,7 +23,7 @@ from .db import (
     stop_embedded,
     validate_url,
 )
-from .io import copy_frame, read_frame, replace_partition, validate_frame
+from .io import copy_frame, read_frame, replace_partition, replace_partitions, validate_frame
 from .schema import TABLES, create_schema, get_table, metadata, table_counts
 from .views import SQL_DIR, create_views, view_files
 
@@ -46,6 +46,7 @@ __all__ = [
     "metadata",
     "read_frame",
     "replace_partition",
+    "replace_partitions",
     "start_embedded",
     "stop_embedded",
     "table_counts",

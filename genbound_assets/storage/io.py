@@ -176,17 +176,32 @@ def replace_partition(
     delete its rows, COPY the new ones.  If anything raises, nothing changes.  ``key={}`` is the
     whole table.  Returns the number of rows written.
     """
-    t = get_table(table)
-    key = dict(key)
-    df = validate_frame(t, frame, key)  # validate before touching the database
-    lock_name = f"{t.name}:{json.dumps(key, sort_keys=True, default=str)}"
+    return replace_partitions(engine, [(table, key, frame)])
+
+
+def replace_partitions(
+    engine: Engine, parts: list[tuple[str | Table, Mapping[str, Any], pl.DataFrame]]
+) -> int:
+    """``replace_partition`` for several (table, key, frame) at once, in ONE transaction.
+
+    For results that span tables (a checkpoint's losses, quantization record and bounds): either
+    every partition is replaced or none is.  Returns the total number of rows written.
+    """
+    checked = []
+    for table, key, frame in parts:  # validate everything before touching the database
+        t = get_table(table)
+        checked.append((t, dict(key), validate_frame(t, frame, dict(key))))
+    written = 0
     with engine.begin() as conn:
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": lock_name}
-        )
-        cond = [t.c[k].is_(None) if v is None else t.c[k] == v for k, v in key.items()]
-        conn.execute(t.delete().where(sa.and_(sa.true(), *cond)))
-        return copy_frame(conn, t, df)
+        for t, key, df in sorted(checked, key=lambda x: x[0].name):  # fixed lock order
+            lock_name = f"{t.name}:{json.dumps(key, sort_keys=True, default=str)}"
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:n, 0))"), {"n": lock_name}
+            )
+            cond = [t.c[k].is_(None) if v is None else t.c[k] == v for k, v in key.items()]
+            conn.execute(t.delete().where(sa.and_(sa.true(), *cond)))
+            written += copy_frame(conn, t, df)
+    return written
 
 
 # ----------------------------------------------------------------------------- reads

@@ -1,0 +1,70 @@
+"""A checkpoint certificate lands in three tables in one transaction, and re-runs replace it."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from genbound_assets.ml.certify import BoundSettings, certify_checkpoint
+from genbound_assets.ml.corpus import SyntheticMarkovSource
+from genbound_assets.ml.models import tiny_gpt_neox
+from genbound_assets.ml.sampler import draw_uniforms
+from genbound_assets.storage import read_frame, replace_partitions
+from genbound_assets.storage.records import (
+    certificate_partitions,
+    write_certificate,
+    write_token_sample,
+)
+
+M = 120
+
+
+@pytest.fixture(scope="module")
+def cert():
+    src = SyntheticMarkovSource(vocab_size=31, order=1, n_docs=1200, doc_len=(20, 50), seed=0)
+    stream = src.stream()
+    model = tiny_gpt_neox(vocab_size=32, hidden=16, layers=1, heads=2, context=32, seed=0).eval()
+    settings = BoundSettings(quantizer="rtn", group_size=16, n_calibration_windows=2)
+    return certify_checkpoint(model, stream, len(stream), draw_uniforms(M, seed=0), 32, settings,
+                              model_name="tiny", step=7)
+
+
+def _counts(engine):
+    q = "select '{t}' as t, count(*) as n from {t} where model = 'tiny'"
+    return {t: read_frame(engine, q.format(t=t))["n"][0]
+            for t in ("token_losses", "quantized_models", "bounds")}
+
+
+def test_certificate_round_trips_and_rerun_replaces(pg_clean, cert):
+    assert cert.status == "ok"
+    write_token_sample(pg_clean, "bound", draw_uniforms(M, seed=0), seed=0)
+    write_certificate(pg_clean, cert)
+    first = _counts(pg_clean)
+    n_pairs = M + cert.n_exact
+    assert first == {"token_losses": 3 * n_pairs, "quantized_models": 1, "bounds": len(cert.bounds)}
+    write_certificate(pg_clean, cert)
+    assert _counts(pg_clean) == first
+    stored = read_frame(pg_clean, "select method, code_length_method, bound, certified from bounds "
+                                  "order by method, code_length_method")
+    expected = sorted((r["method"], r["code_length_method"], r["bound"], r["certified"])
+                      for r in cert.bounds)
+    assert list(stored.iter_rows()) == expected  # floats bit-exact
+    sq = read_frame(pg_clean, "select position, loss from token_losses where alpha > 0 and "
+                              "sample = 'bound' order by i")
+    np.testing.assert_array_equal(sq["loss"].to_numpy(), cert.token_rows["sq_loss"][:M])
+    joined = read_frame(pg_clean, "select count(*) as n from token_losses l join token_samples s "
+                                  "on s.sample = l.sample and s.i = l.i where l.alpha > 0")
+    assert joined["n"][0] == M  # sampled pairs point back at their stored uniform
+
+
+def test_a_failing_write_leaves_the_previous_certificate(pg_clean, cert):
+    write_certificate(pg_clean, cert)
+    before = _counts(pg_clean)
+    parts = certificate_partitions(cert)
+    # partitions are written in table-name order, token_losses last: break its last partition so
+    # bounds and quantized_models have already been deleted and rewritten when the COPY fails
+    i = max(k for k, (t, _, _) in enumerate(parts) if t == "token_losses")
+    table, key, frame = parts[i]
+    duplicated = pl.concat([frame, frame])  # primary-key violation inside the COPY
+    with pytest.raises(Exception, match="duplicate key"):
+        replace_partitions(pg_clean, parts[:i] + [(table, key, duplicated)] + parts[i + 1:])
+    assert _counts(pg_clean) == before
