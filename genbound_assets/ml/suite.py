@@ -118,7 +118,7 @@ class SizeSpec:
     name: str
     hidden_size: int
     num_layers: int
-    lr: float = 3e-3
+    lr: float = 8e-3
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name.startswith("."):
@@ -144,14 +144,14 @@ SIZES: dict[str, SizeSpec] = {
         SizeSpec("neox-29k", 32, 1),    # N =  29,216
         SizeSpec("neox-42k", 32, 2),    # N =  41,920
         SizeSpec("neox-55k", 32, 3),    # N =  54,624
-        SizeSpec("neox-83k", 64, 1),    # N =  83,008
+        SizeSpec("neox-80k", 32, 5),    # N =  80,032
         SizeSpec("neox-133k", 64, 2),   # N = 132,992
         SizeSpec("neox-233k", 64, 4),   # N = 232,832 (needs > 10.2M tokens: synthetic only)
         SizeSpec("neox-273k", 96, 2),   # N = 273,216 (needs > 12.0M tokens: synthetic only)
     )
 }
 # The demo: 4 sizes, 4.6x in N; the largest that fits 2.2·D* into Brown's 5.97M tokens.
-DEMO_SIZES: tuple[str, ...] = ("neox-29k", "neox-55k", "neox-83k", "neox-133k")
+DEMO_SIZES: tuple[str, ...] = ("neox-29k", "neox-55k", "neox-80k", "neox-133k")
 QUICK_SIZES: tuple[str, ...] = ("neox-29k", "neox-42k")
 
 
@@ -221,16 +221,21 @@ def count_params(config) -> tuple[int, int]:
     return int(total), int(total - emb)
 
 
-def gptq_compatible(config, group_size: int = 32) -> list[str]:
-    """Problems GPTQ with ``group_size`` would hit: every quantized Linear's in_features (d for
-    query_key_value/dense/dense_h_to_4h, 4·d for dense_4h_to_h) must be a multiple of it.
-    Returns [] when compatible."""
+def gptq_compatible(config, group_size: int = 32, pack_bits: int = 32) -> list[str]:
+    """Problems GPTQ(Model) would hit on the transformer blocks' Linears: ``group_size`` must
+    divide every in_features (d for query_key_value/dense/dense_h_to_4h, 4·d for dense_4h_to_h),
+    and GPTQModel's 32-bit packing needs in_ and out_features divisible by 32 (out: 3·d, d, 4·d,
+    d).  embed_out (V x d) is not checked: V = 257 is not a multiple of 32, so it stays float or
+    takes quantize.py's own GPTQ path.  Returns [] when compatible."""
     d, ff = config.hidden_size, config.intermediate_size
     problems = []
-    for name, in_features in (("attention.query_key_value", d), ("attention.dense", d),
-                              ("mlp.dense_h_to_4h", d), ("mlp.dense_4h_to_h", ff)):
-        if in_features % group_size:
-            problems.append(f"{name}: in_features {in_features} is not a multiple of group_size {group_size}")
+    for name, out_f, in_f in (("attention.query_key_value", 3 * d, d), ("attention.dense", d, d),
+                              ("mlp.dense_h_to_4h", ff, d), ("mlp.dense_4h_to_h", d, ff)):
+        if in_f % group_size:
+            problems.append(f"{name}: in_features {in_f} is not a multiple of group_size {group_size}")
+        for what, n in (("in_features", in_f), ("out_features", out_f)):
+            if n % pack_bits:
+                problems.append(f"{name}: {what} {n} is not a multiple of the {pack_bits}-bit pack word")
     return problems
 
 
@@ -781,6 +786,16 @@ def train_suite(
     train = plan.train
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
+    order_path = root / DATA_ORDER_NAME
+    old = load_data_order(root) if order_path.exists() else None
+    same_order = old is not None and all(
+        old.get(k) == v for k, v in (("stream_sha256", plan.stream_sha256),
+                                     ("tokens_per_step", train.tokens_per_step),
+                                     ("context_length", train.context_length)))
+    if old is not None and not same_order and not overwrite:
+        raise FileExistsError(
+            f"{order_path} records a different stream/data order (stream "
+            f"{old.get('stream_sha256')}); use another root or overwrite=True")
     for m in plan.models:
         d = root / m.name
         if d.exists() and any(d.iterdir()):
@@ -788,6 +803,10 @@ def train_suite(
                 raise FileExistsError(
                     f"{d} already holds checkpoints; pass overwrite=True (--overwrite) to retrain it")
             shutil.rmtree(d)
+    if old is not None and not same_order:  # a new suite: the old one's models are stale
+        for name in old.get("models", {}):
+            if isinstance(name, str) and name and "/" not in name and not name.startswith("."):
+                shutil.rmtree(root / name, ignore_errors=True)
     file_sha = None
     if stream_file is not None:
         stream_file = Path(stream_file)
@@ -799,16 +818,8 @@ def train_suite(
         except ValueError:
             stream_file = stream_file.resolve()
     order = _data_order_doc(plan, stream_file, file_sha, source_info)
-    order_path = root / DATA_ORDER_NAME
-    if order_path.exists() and not overwrite:
-        old = load_data_order(root)
-        if old.get("stream_sha256") != plan.stream_sha256 or old.get("tokens_per_step") != train.tokens_per_step:
-            raise FileExistsError(
-                f"{order_path} records a different stream/data order "
-                f"(stream {old.get('stream_sha256')}); use another root or overwrite=True")
-        old_models = old.get("models", {})
-        old_models.update(order["models"])
-        order["models"] = old_models
+    if same_order:  # sizes trained earlier on the same data order stay recorded
+        order["models"] = {**old.get("models", {}), **order["models"]}
     write_json_atomic(order_path, order)
     order_sha = sha256_file(order_path)
 
@@ -843,7 +854,7 @@ def train_suite(
         "models": {r.name: asdict(r) for r in results},
     }
     suite_path = root / SUITE_NAME
-    if suite_path.exists() and not overwrite:
+    if suite_path.exists() and same_order:
         try:
             prev = json.loads(suite_path.read_text()).get("models", {})
         except ValueError:
