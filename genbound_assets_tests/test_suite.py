@@ -162,8 +162,9 @@ def test_plan_rejects_unknown_size_and_bad_vocab():
 def test_step_batches_follow_the_recorded_rule():
     stream = markov_stream()
     B, T = 8, 16
-    labels_all = stream.tokens.copy()
-    labels_all[stream.doc_starts] = -100
+    labels_all = S.training_labels(stream.tokens, stream.doc_starts)
+    assert np.all(labels_all[stream.doc_starts] == -100)
+    assert np.array_equal(labels_all[stream.target_positions()], stream.tokens[stream.target_positions()])
     chunks = list(training_chunks(stream, T, 0, 3 * B))
     saw_mask = saw_plain = False
     for s in range(3):

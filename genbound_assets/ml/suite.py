@@ -77,6 +77,7 @@ __all__ = [
     "checkpoint_steps",
     "lr_at",
     "trained_prefix_len",
+    "training_labels",
     "step_token_range",
     "sha256_file",
     "write_checkpoint",
@@ -635,6 +636,14 @@ def _data_order_doc(plan: SuitePlan, stream_file: Path | None, stream_file_sha25
     }
 
 
+def training_labels(tokens: np.ndarray, doc_starts: np.ndarray) -> np.ndarray:
+    """Labels of the stream positions: the token itself, -100 (ignored) at document-opening
+    separators, which are context only and never targets."""
+    labels = np.array(tokens, dtype=np.int64, copy=True)
+    labels[np.asarray(doc_starts, dtype=np.int64)] = -100
+    return labels
+
+
 def _step_batch(stream_tokens, labels_all, doc_starts, step: int, B: int, T: int):
     """Inputs (B, T), labels (B, T), and an additive block-diagonal mask (or None)."""
     import torch
@@ -671,8 +680,7 @@ def _train_one(plan: SuitePlan, name: str, tokens: np.ndarray, doc_starts: np.nd
         train = plan.train
         m = plan.model(name)
         B, T = train.batch_size, train.context_length
-        labels_np = tokens.copy()
-        labels_np[doc_starts] = -100
+        labels_np = training_labels(tokens, doc_starts)
         prefix = np.where(np.arange(m.total_steps + 1) > 0, np.arange(m.total_steps + 1) * B * T + 1, 0)
         targets = prefix - np.searchsorted(doc_starts, prefix, side="left")
         cfg = plan.config(name)
