@@ -138,37 +138,51 @@ def sql(query: str, as_csv: bool) -> None:
 
 
 @main.command("demo")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Suite folder (default: $GENBOUND_DATA_DIR/suite).")
+@click.option("--corpus", type=click.Choice(["brown", "synthetic"]), default="brown",
+              show_default=True, help="Corpus to train the suite on when it is missing.")
+@click.option("--quick", is_flag=True, help="Two smallest sizes only (a smoke test).")
+@click.option("--sample-size", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="m, the bound's token-context pairs per checkpoint.")
+@click.pass_context
 @store_errors
-def demo() -> None:
-    """Run what exists of the pipeline so far, and say what was done and what was not."""
+def demo(ctx: click.Context, root: Path | None, corpus: str, quick: bool, sample_size: int) -> None:
+    """Train the local suite if missing, then certify each size's compute-optimal checkpoint.
+
+    Every model's checkpoints are registered with their integrity status, the bound's token
+    sample is drawn once, and each size's checkpoint at D* = 20 N gets its certified bounds
+    (Thm 3.4 decomposed, direct, Azuma baseline) written to the store.
+    """
+    import time
+
+    t0 = time.perf_counter()
     engine = storage.get_engine()
     click.echo(f"demo: store at {storage.describe_url(engine.url.render_as_string(False))}")
-    added = storage.create_schema(engine)
-    click.echo(f"demo: schema ready ({len(storage.TABLES)} tables"
-               + (f"; added {', '.join(added)}" if added else "") + ")")
+    storage.create_schema(engine)
     views = storage.create_views(engine)
-    click.echo(f"demo: views (re)created: {', '.join(views) if views else '(none)'}")
-    _print_counts(storage.table_counts(engine))
-    train_suite = _find_train_suite()
-    if train_suite is None:
-        click.echo("demo: training the model suite and computing bounds: not implemented yet "
-                   "(genbound_assets.ml.suite.train_suite does not exist); nothing else was run")
+    click.echo(f"demo: schema ready ({len(storage.TABLES)} tables, views: {', '.join(views) or '-'})")
+
+    from genbound_assets.cli_suite import train as suite_train
+    from genbound_assets.demo import DemoSettings, run_demo, suite_ready
+    from genbound_assets.ml.suite import DEMO_SIZES, QUICK_SIZES, default_data_dir
+
+    root = (root or default_data_dir() / "suite").expanduser()
+    sizes = list(QUICK_SIZES if quick else DEMO_SIZES)
+    if suite_ready(root, sizes):
+        click.echo(f"demo: suite at {root} is complete for {', '.join(sizes)}; not retraining")
     else:
-        click.echo("demo: genbound_assets.ml.suite.train_suite exists but the demo does not run "
-                   "it yet (not implemented yet); nothing else was run")
-    click.echo("demo: done (store set up; see `genbound sql` and `genbound ui`)")
-
-
-def _find_train_suite():
-    import importlib
-
-    try:
-        ml_suite = importlib.import_module("genbound_assets.ml.suite")
-    except ModuleNotFoundError as e:
-        if e.name != "genbound_assets.ml.suite":
-            raise
-        return None
-    return getattr(ml_suite, "train_suite", None)
+        click.echo(f"demo: training the suite ({', '.join(sizes)}) into {root}")
+        missing = [s for s in sizes if not (root / s).is_dir()]
+        ctx.invoke(suite_train, root=root, corpus=corpus, sizes=",".join(missing) if missing
+                   and len(missing) < len(sizes) else None, quick=quick and len(missing) == len(sizes))
+    certs = run_demo(engine, root, DemoSettings(n_sample=sample_size), echo=click.echo)
+    ok = [c for c in certs if c.status == "ok"]
+    click.echo(f"demo: done in {time.perf_counter() - t0:.0f} s: {len(ok)} of {len(certs)} "
+               "compute-optimal checkpoints certified; inspect them with")
+    click.echo("  genbound sql \"select model, step, method, code_length_method, certified, "
+               "round(bound::numeric, 3) as bound from bounds order by model, method\"")
+    click.echo("  genbound ui   (Dagster)")
 
 
 def ui_command(host: str, port: int, workspace: Path) -> tuple[list[str], dict[str, str]]:

@@ -64,11 +64,30 @@ def test_bad_database_url_is_one_line_naming_the_variable(url):
     assert "GENBOUND_DATABASE_URL" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_demo_says_what_it_did(pg_clean):
-    res = run("demo")
+@pytest.mark.slow
+def test_demo_trains_certifies_and_reruns_idempotently(pg_clean, tmp_path):
+    """The real pipeline, small: train 2 sizes on synthetic data, certify each D* checkpoint."""
+    args = ("demo", "--quick", "--corpus", "synthetic", "--sample-size", "300",
+            "--root", str(tmp_path / "suite"))
+    res = run(*args)
     assert res.exit_code == 0, res.output
-    assert "schema ready" in res.stdout and "latest_bounds" in res.stdout
-    assert "not implemented yet" in res.stdout  # training is not wired into the demo yet
+    assert "schema ready" in res.stdout and "training the suite" in res.stdout
+    assert "2 of 2 compute-optimal checkpoints certified" in res.stdout
+    rows = storage.read_frame(pg_clean, "select model, method, certified, bound, n_train_tokens, "
+                                        "n_params from bounds order by model, method")
+    assert set(rows["model"]) == {"neox-12k", "neox-29k"}
+    certified = rows.filter(rows["certified"])
+    assert set(certified["method"]) == {"freedman_direct", "freedman_decomposed", "azuma"}
+    # compute-optimal checkpoints: D within one step (4096 tokens) above 20 N
+    for n, d in zip(rows["n_params"], rows["n_train_tokens"], strict=True):
+        assert 20 * n <= d < 20 * n + 4096
+    counts = storage.table_counts(pg_clean)
+    assert counts["checkpoints"] > 10 and counts["models"] == 2 and counts["token_samples"] == 300
+
+    again = run(*args)  # the suite is reused and every partition is replaced, not duplicated
+    assert again.exit_code == 0, again.output
+    assert "not retraining" in again.stdout
+    assert storage.table_counts(pg_clean) == counts
 
 
 def test_console_script_bad_url_no_traceback():

@@ -7,6 +7,7 @@ replaces its rows and a failure leaves the previous ones intact.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -83,3 +84,29 @@ def _empty(table: str) -> pl.DataFrame:
 def write_certificate(engine: Engine, cert, sample: str = "bound") -> int:
     """Replace the checkpoint's token losses, quantization record and bounds in one transaction."""
     return replace_partitions(engine, certificate_partitions(cert, sample))
+
+
+def write_model_registry(engine: Engine, info, source_kind: str, location: str, refs, reports,
+                         family: str = "genbound-suite", config: dict | None = None) -> int:
+    """One model's row in `models` and all its checkpoints (with integrity status) in one
+    transaction.  ``info``: ml.sources.ModelInfo; ``refs``: CheckpointRefs; ``reports``:
+    ml.integrity.IntegrityReports for them (a quarantined checkpoint keeps its reason)."""
+    by_step = {r.step: r for r in reports}
+    missing = [ref.step for ref in refs if ref.step not in by_step]
+    if missing:
+        raise ValueError(f"no integrity report for step(s) {missing[:5]} of {info.name}")
+    model_row = pl.DataFrame([{
+        "model": info.name, "family": family, "source_kind": source_kind, "location": location,
+        "n_params": info.n_params, "n_params_non_embedding": info.n_params_non_embedding,
+        "vocab_size": info.vocab_size, "context_length": info.context_length,
+        "tokens_per_step": info.tokens_per_step, "config": json.dumps(config or {}),
+    }])
+    now = datetime.now(UTC)
+    ckpts = pl.DataFrame([{
+        "model": info.name, "step": ref.step, "tokens_seen": ref.tokens_seen,
+        "location": ref.location, "fingerprint": by_step[ref.step].fingerprint,
+        "status": by_step[ref.step].status, "quarantine_reason": by_step[ref.step].reason,
+        "checked_at": now,
+    } for ref in refs], infer_schema_length=None)
+    return replace_partitions(engine, [("models", {"model": info.name}, model_row),
+                                       ("checkpoints", {"model": info.name}, ckpts)])
