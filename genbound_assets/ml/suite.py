@@ -63,6 +63,7 @@ __all__ = [
     "InsufficientTokensError",
     "SIZES",
     "DEMO_SIZES",
+    "DEMO_GPTQ_GROUP_SIZE",
     "QUICK_SIZES",
     "MANIFEST_NAME",
     "DATA_ORDER_NAME",
@@ -142,6 +143,7 @@ class SizeSpec:
 SIZES: dict[str, SizeSpec] = {
     s.name: s
     for s in (
+        SizeSpec("neox-12k", 16, 1),    # N =  11,536 (GPTQ group size 16)
         SizeSpec("neox-29k", 32, 1),    # N =  29,216
         SizeSpec("neox-42k", 32, 2),    # N =  41,920
         SizeSpec("neox-55k", 32, 3),    # N =  54,624
@@ -151,9 +153,11 @@ SIZES: dict[str, SizeSpec] = {
         SizeSpec("neox-273k", 96, 2),   # N = 273,216 (needs > 12.0M tokens: synthetic only)
     )
 }
-# The demo: 4 sizes, 4.6x in N; the largest that fits 2.2·D* into Brown's 5.97M tokens.
-DEMO_SIZES: tuple[str, ...] = ("neox-29k", "neox-55k", "neox-80k", "neox-133k")
-QUICK_SIZES: tuple[str, ...] = ("neox-29k", "neox-42k")
+# The demo: 5 sizes, 11.5x in N; the largest fits 2.2·D* into Brown's 5.97M tokens, the
+# smallest is d = 16 (so GPTQ uses group size 16 on the demo suite).
+DEMO_SIZES: tuple[str, ...] = ("neox-12k", "neox-29k", "neox-55k", "neox-80k", "neox-133k")
+DEMO_GPTQ_GROUP_SIZE = 16
+QUICK_SIZES: tuple[str, ...] = ("neox-12k", "neox-29k")
 
 
 def neox_config(spec: SizeSpec, vocab_size: int, context_length: int, separator_id: int = 0):
@@ -222,21 +226,24 @@ def count_params(config) -> tuple[int, int]:
     return int(total), int(total - emb)
 
 
-def gptq_compatible(config, group_size: int = 32, pack_bits: int = 32) -> list[str]:
-    """Problems GPTQ(Model) would hit on the transformer blocks' Linears: ``group_size`` must
-    divide every in_features (d for query_key_value/dense/dense_h_to_4h, 4·d for dense_4h_to_h),
-    and GPTQModel's 32-bit packing needs in_ and out_features divisible by 32 (out: 3·d, d, 4·d,
-    d).  embed_out (V x d) is not checked: V = 257 is not a multiple of 32, so it stays float or
-    takes quantize.py's own GPTQ path.  Returns [] when compatible."""
+def gptq_compatible(config, group_size: int = 32, bits: int = 4) -> list[str]:
+    """Problems GPTQ(Model) would hit on the transformer blocks' Linears at ``bits``:
+    ``group_size`` must divide every in_features (d for query_key_value/dense/dense_h_to_4h, 4·d
+    for dense_4h_to_h); GPTQModel packs qweight along in_features and qzeros along out_features
+    into 32-bit words, so in_/out_features·bits must be a multiple of 32 (3-bit packing works on
+    blocks of 32 values: a multiple of 32).  embed_out (V x d) is not checked: V = 257 is odd,
+    so quantize.py takes its own path for it.  Returns [] when compatible."""
     d, ff = config.hidden_size, config.intermediate_size
+    unit = 32 if bits == 3 else 32 // math.gcd(32, bits)
     problems = []
     for name, out_f, in_f in (("attention.query_key_value", 3 * d, d), ("attention.dense", d, d),
                               ("mlp.dense_h_to_4h", ff, d), ("mlp.dense_4h_to_h", d, ff)):
         if in_f % group_size:
             problems.append(f"{name}: in_features {in_f} is not a multiple of group_size {group_size}")
         for what, n in (("in_features", in_f), ("out_features", out_f)):
-            if n % pack_bits:
-                problems.append(f"{name}: {what} {n} is not a multiple of the {pack_bits}-bit pack word")
+            if n % unit:
+                problems.append(f"{name}: {what} {n} does not pack {bits}-bit codes into "
+                                f"32-bit words (needs a multiple of {unit})")
     return problems
 
 
