@@ -32,6 +32,18 @@ def _private_tmp(prefix: str):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread for the whole run: the test models are tiny, and on a shared 2-core box
+    two OpenMP threads spin-wait and run several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def genbound_data_dir():
     from genbound_assets import storage
 

@@ -33,13 +33,6 @@ from genbound_assets.ml.hessian import (
 VOCAB = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny autograd graphs: threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_config(attn: str = "eager") -> GPTNeoXConfig:

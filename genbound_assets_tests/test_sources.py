@@ -23,15 +23,6 @@ from genbound_assets.ml.sources import (
     select_weight_files,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread while this module runs (2 OpenMP threads spin on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 V, T = 40, 16
 STEPS = (0, 5, 10)
 

@@ -14,15 +14,6 @@ import torch
 from genbound_assets.ml import suite as S
 from genbound_assets.ml.stream import TokenStream, build_stream, training_chunks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread while this module runs (2 OpenMP threads spin on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # Brown as the demo tokenizes it (byte-level, V = 257): 5,965,970 tokens in 500 documents.
 BROWN_TOKENS, BROWN_DOCS, DEMO_V = 5_965_970, 500, 257
 
