@@ -68,3 +68,25 @@ def test_a_failing_write_leaves_the_previous_certificate(pg_clean, cert):
     with pytest.raises(Exception, match="duplicate key"):
         replace_partitions(pg_clean, parts[:i] + [(table, key, duplicated)] + parts[i + 1:])
     assert _counts(pg_clean) == before
+
+
+def test_quarantined_checkpoints_keep_their_reason(pg_clean):
+    from genbound_assets.ml.integrity import IntegrityReport
+    from genbound_assets.ml.sources import CheckpointRef, ModelInfo
+    from genbound_assets.storage.records import write_model_registry
+
+    info = ModelInfo("m", n_params=100, n_params_non_embedding=40, vocab_size=257,
+                     context_length=128, tokens_per_step=4096)
+    refs = [CheckpointRef("m", s, s * 4096, f"/x/m/step{s}") for s in (0, 1, 2)]
+    reports = [IntegrityReport("m", 0, True, None, "sha256:a"),
+               IntegrityReport("m", 1, False, "model.safetensors is truncated (10 of 20 bytes)", None),
+               IntegrityReport("m", 2, True, None, "sha256:b")]
+    for _ in range(2):  # a re-run replaces, never duplicates
+        write_model_registry(pg_clean, info, "local", "/x/m", refs, reports)
+    rows = read_frame(pg_clean, "select step, status, quarantine_reason, tokens_seen from checkpoints "
+                                "order by step")
+    assert rows["status"].to_list() == ["ok", "quarantined", "ok"]
+    assert rows["quarantine_reason"][1] == "model.safetensors is truncated (10 of 20 bytes)"
+    assert rows["tokens_seen"].to_list() == [0, 4096, 8192]
+    with pytest.raises(ValueError, match="no integrity report for step"):
+        write_model_registry(pg_clean, info, "local", "/x/m", refs, reports[:2])
