@@ -72,8 +72,8 @@ def _summary(title: str, fit) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class PowerLawFit:
-    """y = a x^c fitted by OLS on (log x, log y); residuals are in log space."""
+class _Fit:
+    """What every fit reports: parameters with standard errors and 95% intervals, R², residuals."""
 
     params: dict[str, float]
     std_errors: dict[str, float]
@@ -81,6 +81,12 @@ class PowerLawFit:
     r_squared: float
     residuals: np.ndarray
     n: int
+
+
+@dataclass(frozen=True, eq=False)
+class PowerLawFit(_Fit):
+    """y = a x^c fitted by OLS on (log x, log y); residuals are in log space."""
+
     method: str = "OLS of log y on log x (statsmodels); a: exp of the intercept's t interval"
     _results: object = field(default=None, repr=False)
 
@@ -117,15 +123,9 @@ def fit_power_law(x, y) -> PowerLawFit:
 
 
 @dataclass(frozen=True, eq=False)
-class OffsetPowerLawFit:
+class OffsetPowerLawFit(_Fit):
     """y = a + b x^-c fitted by nonlinear least squares; residuals are y - fitted."""
 
-    params: dict[str, float]
-    std_errors: dict[str, float]
-    conf_int: dict[str, tuple[float, float]]
-    r_squared: float
-    residuals: np.ndarray
-    n: int
     covariance: np.ndarray
     x_ref: float
     residual_variance: float
