@@ -359,3 +359,21 @@ def test_layer_input_hessians_match_direct_computation(trained):
     hook.remove()
     x = torch.cat(xs)
     assert torch.allclose(h, x.T @ x, rtol=1e-10, atol=1e-8)
+
+
+def test_compressed_length_is_a_function_of_the_model_alone():
+    """Same tensors and metadata, any dict order -> the same compressed code length."""
+    from genbound_assets.ml.code_size import canonical_payload, lzma_bits
+
+    gen = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.qweight": torch.randint(0, 2**31 - 1, (8, 16), generator=gen, dtype=torch.int32)
+             for i in range(4)}
+    state["layer0.scales"] = torch.rand(2, 16, generator=gen).half()
+    meta = {"format": "x", "bits": '{"a": 4}', "group_size": '{"a": 16}', "method": "gptq"}
+    reordered_state = dict(reversed(list(state.items())))
+    reordered_meta = dict(reversed(list(meta.items())))
+    a = canonical_payload(state, meta)
+    assert a == canonical_payload(reordered_state, reordered_meta)
+    assert lzma_bits(a) == lzma_bits(canonical_payload(reordered_state, reordered_meta))
+    changed = dict(state, **{"layer0.scales": state["layer0.scales"] + 1})
+    assert canonical_payload(changed, meta) != a  # and it does depend on the tensors

@@ -18,6 +18,7 @@ fixed-length code given the architecture and the storage format.
 
 from __future__ import annotations
 
+import json
 import lzma
 import math
 from collections.abc import Iterable, Mapping
@@ -141,3 +142,20 @@ def gptq_linear_specs(prefix: str, out_features: int, in_features: int, bits: in
 def lzma_bits(payload: bytes) -> int:
     """8 x the size of ``payload`` compressed with lzma (xz container, preset 9 extreme)."""
     return 8 * len(lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME))
+
+
+def canonical_payload(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """A byte string that depends only on the quantized model: a JSON header (sorted keys:
+    every tensor's dtype and shape, then the metadata) and the tensors' raw bytes in name order.
+
+    The compressed code length must be a function of h_q.  A safetensors file is not: its
+    ``__metadata__`` map is written in hash order, so the same model compresses to a few bytes
+    more or less from run to run.  The format is self-describing, so a fixed decoder recovers
+    every tensor (the length prefix makes the header parseable).
+    """
+    names = sorted(state)
+    header = json.dumps({"tensors": [[n, str(state[n].dtype), list(state[n].shape)] for n in names],
+                         "metadata": dict(sorted(metadata.items()))}, sort_keys=True).encode()
+    body = b"".join(state[n].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                    for n in names)
+    return len(header).to_bytes(8, "little") + header + body

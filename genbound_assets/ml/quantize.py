@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .code_size import (
     TensorSpec,
     bits_by_role,
+    canonical_payload,
     dtype_bits,
     gptq_linear_specs,
     lzma_bits,
@@ -117,7 +118,7 @@ class QuantizedModel:
     nominal_bits: int                     # b * N (the paper's accounting; not a code length)
     stored_bits: int                      # counted stored bits: the fixed-length code L(h_q)
     file_tensor_bits: int                 # every stored tensor, derivable g_idx included
-    compressed_bits: int                  # 8 x lzma(serialized state + header)
+    compressed_bits: int                  # 8 x lzma(canonical_payload(state, metadata))
     role_bits: dict[str, int]
     tensor_methods: dict[str, str]        # module prefix -> "gptq:gptqmodel" | "gptq:genbound" | "rtn"
     calibration: dict[str, Any]           # n_windows, n_tokens, sha256 of the ids, seed
@@ -605,7 +606,6 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
         for name, p in deq.named_parameters():
             if not torch.isfinite(p).all():
                 raise QuantizationFailed(f"non-finite weights in the decoded quantized model: {name}")
-        blob = save(state, metadata=metadata)
         path = None
         if tmp is None:
             path = work / HQ_FILENAME
@@ -618,7 +618,7 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
             method=method, bits=bits, group_size=group_size,
             quantize_embeddings=bool(quantize_embeddings), n_params=n_params,
             nominal_bits=bits * n_params, stored_bits=stored_bits(specs),
-            file_tensor_bits=sum(s.bits for s in specs), compressed_bits=lzma_bits(blob),
+            file_tensor_bits=sum(s.bits for s in specs), compressed_bits=lzma_bits(canonical_payload(state, metadata)),
             role_bits=bits_by_role(specs), tensor_methods=tensor_methods,
             calibration=_calibration_record(windows, seed), backend=backend,
             wall_s=time.perf_counter() - t0, path=path, gptq_log=gptq_log,
