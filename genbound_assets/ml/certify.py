@@ -135,9 +135,9 @@ def certify_checkpoint(model: torch.nn.Module, stream: TokenStream, prefix_len: 
 
     cert_nats, cert_c = complexity_for(chosen.bits, choice_nats)
     nom_nats, nom_c = complexity_for(nominal.bits, 0.0)
-    if max(cert_c, nom_c) >= vocab - 1:
+    if cert_c >= vocab - 1:
         # no smoothing weight in (0, 1) exists: every bound would exceed log V (the uniform model)
-        reason = (f"vacuous: complexity C = {cert_c:.4g} (nominal {nom_c:.4g}) >= V - 1 = {vocab - 1}; "
+        reason = (f"vacuous: complexity C = {cert_c:.4g} >= V - 1 = {vocab - 1}; "
                   f"the code length ({chosen.bits} bits) is too long for D = {n_train} tokens")
         return CheckpointCertificate(
             model=model_name, step=int(step), n_params=n_params, vocab_size=vocab,
@@ -145,7 +145,8 @@ def certify_checkpoint(model: torch.nn.Module, stream: TokenStream, prefix_len: 
             failure_reason=reason, quantized=_quantized_row(model_name, step, s, q, len(windows)),
             quantized_model=q.model if keep_quantized else None)
     alpha = smoothing_alpha(cert_c, vocab)
-    alpha_nominal = smoothing_alpha(nom_c, vocab)
+    # the paper's b*N accounting, shown for comparison only (skipped if even it is vacuous)
+    alpha_nominal = smoothing_alpha(nom_c, vocab) if nom_c < vocab - 1 else None
 
     # 4. the bound's pairs, uniform outside the windows, plus the exact stratum
     positions = positions_for(np.asarray(uniforms), stream, prefix_len,
@@ -160,7 +161,8 @@ def certify_checkpoint(model: torch.nn.Module, stream: TokenStream, prefix_len: 
         th: TokenLosses = token_losses(model, stream, all_pos, context_length,
                                        batch_size=s.batch_size, progress=progress)
         tq: TokenLosses = token_losses(q.model, stream, all_pos, context_length,
-                                       alphas=(alpha, alpha_nominal), batch_size=s.batch_size,
+                                       alphas=tuple(a for a in (alpha, alpha_nominal) if a),
+                                       batch_size=s.batch_size,
                                        progress=progress)
     r_h = _stratified_mean(th.loss, m, w_exact)
     r_q = _stratified_mean(tq.loss, m, w_exact)
@@ -211,8 +213,10 @@ def certify_checkpoint(model: torch.nn.Module, stream: TokenStream, prefix_len: 
         "subsample_term": direct.correction, "subsample_method": direct.method,
         "choice_cost_nats": choice_nats, "bound": direct.bound, "certified": True,
     })
-    for a, c_nats, code, certified in ((alpha, cert_nats, chosen, True),
-                                       (alpha_nominal, nom_nats, nominal, False)):
+    variants = [(alpha, cert_nats, chosen, True)]
+    if alpha_nominal is not None:
+        variants.append((alpha_nominal, nom_nats, nominal, False))
+    for a, c_nats, code, certified in variants:
         cert.bounds.append({**common, **_decomposed_row(
             subsampled(a, smoothed_worst_case_loss(a, vocab), c_nats), tq, a, vocab, m, w_exact, r_h, r_q,
             code, certified, choice_nats if certified else 0.0, split)})
