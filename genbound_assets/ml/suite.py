@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genbound_assets.ml.corpus import sha256_file
 from genbound_assets.ml.stream import TokenStream
 
 __all__ = [
@@ -482,14 +483,6 @@ def plan_suite(
 
 # --------------------------------------------------------------------------------------------
 # Files
-
-
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,9 +10,9 @@ and for each smoothing weight alpha (Lemma 3.3, q = (1 - alpha) p + alpha / V):
     smoothed_entropy[alpha]  Y_s = H(q)
 
 Y_s needs the whole distribution, so every alpha must be fixed before the forward pass.  The
-order in a bound is: quantize -> code length L(h) -> complexity C -> alpha = optimal_alpha(C, V)
+order in a bound is: quantize -> code length L(h) -> complexity C -> alpha = bounds.smoothing.smoothing_alpha(C, V)
 -> token_losses(..., alphas=(alpha,)).  Equally valid (any alpha chosen independently of the
-sample is): evaluate a declared alpha grid once and use the grid point nearest optimal_alpha(C, V).
+sample is): evaluate a declared alpha grid once and use the grid point nearest smoothing_alpha(C, V).
 
 Exactness.  Contexts are right-padded to the batch's longest row, so with plain causal attention a
 real token never attends to padding and positions 0..len-1 are the ones a lone forward pass would
@@ -71,14 +71,6 @@ class WindowPlan:
     @property
     def lengths(self) -> np.ndarray:
         return self.end - self.start
-
-
-def optimal_alpha(complexity: float, vocab_size: int) -> float:
-    """The smoothing weight minimising Lemma 3.3's bound (Thm A.6): alpha = V C / ((V-1)(1+C))."""
-    c, v = float(complexity), int(vocab_size)
-    if not (c > 0 and math.isfinite(c)) or v < 2:
-        raise ValueError("need complexity > 0 and vocab_size >= 2")
-    return v * c / ((v - 1) * (1 + c))
 
 
 def plan_windows(stream: TokenStream, positions, context_length: int) -> WindowPlan:
