@@ -85,7 +85,8 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "genbound"
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """An integer (numpy ints too, bools not) in [lo, hi]; the error names the argument."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
@@ -136,17 +137,17 @@ class SyntheticMarkovSource(CorpusSource):
         zipf_exponent: float = 1.1,
         concentration: float = 1.0,
     ):
-        self.vocab_size = _check_int("vocab_size", vocab_size, 2)
-        self.order = _check_int("order", order, 1)
-        self.n_docs = _check_int("n_docs", n_docs, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.vocab_size = check_int("vocab_size", vocab_size, 2)
+        self.order = check_int("order", order, 1)
+        self.n_docs = check_int("n_docs", n_docs, 1)
+        self.seed = check_int("seed", seed, 0)
         if isinstance(doc_len, tuple | list):
             if len(doc_len) != 2:
                 raise ValueError(f"doc_len must be an int or a (min, max) pair, got {doc_len!r}")
-            lo = _check_int("doc_len min", doc_len[0], 1)
-            hi = _check_int("doc_len max", doc_len[1], lo)
+            lo = check_int("doc_len min", doc_len[0], 1)
+            hi = check_int("doc_len max", doc_len[1], lo)
         else:
-            lo = hi = _check_int("doc_len", doc_len, 1)
+            lo = hi = check_int("doc_len", doc_len, 1)
         self.doc_len_range = (lo, hi)
         if not (isinstance(sparsity, float | int) and 0.0 < float(sparsity) <= 1.0):
             raise ValueError(f"sparsity must be in (0, 1], got {sparsity!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from genbound_assets.ml.corpus import check_int
 from genbound_assets.ml.stream import TokenStream, _check_prefix
 
 __all__ = ["draw_uniforms", "positions_for", "calibration_windows", "contexts"]
@@ -23,11 +24,8 @@ __all__ = ["draw_uniforms", "positions_for", "calibration_windows", "contexts"]
 
 def draw_uniforms(m: int, seed: int) -> np.ndarray:
     """m iid uniforms in [0, 1) (float64) from ``numpy.random.default_rng(seed)``."""
-    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
-        raise ValueError(f"m must be a positive integer, got {m!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(int(seed)).random(int(m), dtype=np.float64)
+    m, seed = check_int("m", m, 1), check_int("seed", seed, 0)
+    return np.random.default_rng(seed).random(m, dtype=np.float64)
 
 
 def positions_for(u, stream: TokenStream, prefix_len: int | None = None,
@@ -67,9 +65,7 @@ def positions_for(u, stream: TokenStream, prefix_len: int | None = None,
 
 def _window_target_ranks(stream: TokenStream, prefix_len: int, starts, window_len):
     """Full-stream ranks of the first target in each window, and each window's target count."""
-    if window_len is None or isinstance(window_len, bool) or int(window_len) < 1:
-        raise ValueError(f"window_len must be a positive integer with exclude_windows, got {window_len!r}")
-    w = int(window_len)
+    w = check_int("window_len (required with exclude_windows)", window_len, 1)
     s = np.unique(np.asarray(starts, dtype=np.int64).ravel())
     if s.size and (s[0] < 0 or s[-1] + w > prefix_len or np.any(np.diff(s) < w)):
         raise ValueError("exclude_windows must be non-overlapping windows inside the prefix")
@@ -105,12 +101,9 @@ def calibration_windows(
     with ``numpy.random.default_rng(seed)`` and returned sorted.
     """
     n = _check_prefix(stream, prefix_len)
-    for name, v in (("n_windows", n_windows), ("window_len", window_len)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    w = int(window_len)
+    n_windows = check_int("n_windows", n_windows, 1)
+    w = check_int("window_len", window_len, 1)
+    seed = check_int("seed", seed, 0)
     starts = np.arange(0, n - w + 1, w, dtype=np.int64)
     if starts.size == 0:
         raise ValueError(f"window_len {w} exceeds prefix_len {n}")
@@ -125,16 +118,15 @@ def calibration_windows(
             f"only {starts.size} windows of {w} tokens in the first {n} tokens avoid the "
             f"{ex.size} excluded positions; asked for {n_windows} (use shorter windows or fewer)"
         )
-    rng = np.random.default_rng(int(seed))
-    return np.sort(rng.choice(starts, size=int(n_windows), replace=False))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(starts, size=n_windows, replace=False))
 
 
 def contexts(stream: TokenStream, positions, T: int) -> list[np.ndarray]:
     """Each pair's context token ids: ``tokens[max(doc_start(p), p - T) : p]``, the up-to-T
     preceding tokens of the same document (it begins with the separator iff it reaches the
     document start)."""
-    if isinstance(T, bool) or not isinstance(T, int | np.integer) or T < 1:
-        raise ValueError(f"T (context length) must be a positive integer, got {T!r}")
+    T = check_int("T (context length)", T, 1)
     pos = np.asarray(positions, dtype=np.int64).ravel()
-    cs = stream.context_starts(pos, int(T))
+    cs = stream.context_starts(pos, T)
     return [stream.tokens[a:p] for a, p in zip(cs.tolist(), pos.tolist(), strict=True)]
