@@ -23,8 +23,8 @@ import time
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from genbound_assets.ml.code_size import stored_bits
-from genbound_assets.ml.quantize import predicted_specs, quantize_model
+from genbound_assets.measure.code_size import stored_bits
+from genbound_assets.measure.quantize import predicted_specs, quantize_model
 
 VOCAB, T = 260, 64
 

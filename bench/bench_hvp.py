@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
-from genbound_assets.ml.hessian import HessianOperator, slq  # noqa: E402
+from genbound_assets.measure.hessian import HessianOperator, slq  # noqa: E402
 
 PRESETS = {
     # hidden, layers, heads, intermediate, vocab

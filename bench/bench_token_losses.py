@@ -1,7 +1,7 @@
 """Throughput of genbound's token_losses vs a bare transformers loop doing the same work.
 
 Both sides get the same randomly initialised Pythia-shaped model, the same IID-sampled
-token-context pairs (stream contract of genbound_assets/ml/stream.py), the same batch size,
+token-context pairs (stream contract of genbound_assets/data/stream.py), the same batch size,
 the same right-padded, length-sorted batches and the same outputs (X, Y, and X_s, Y_s per alpha,
 log-softmax in float32).  The bare loop is `model(input_ids).logits`, gather each row's last real
 position, then the same reductions.  Runs alternate (ours, bare, ours, ...) and the median is kept.
@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genbound_assets.ml.models import resolve_device_dtype, tiny_gpt_neox  # noqa: E402
-from genbound_assets.ml.stream import TokenStream  # noqa: E402
-from genbound_assets.ml.token_losses import token_losses  # noqa: E402
+from genbound_assets.data.stream import TokenStream  # noqa: E402
+from genbound_assets.families.models import resolve_device_dtype, tiny_gpt_neox  # noqa: E402
+from genbound_assets.measure.token_losses import token_losses  # noqa: E402
 
 PRESETS = {
     "cpu-small": dict(vocab=50304, hidden=256, layers=4, heads=4, context=256),

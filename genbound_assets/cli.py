@@ -165,7 +165,7 @@ def demo(ctx: click.Context, root: Path | None, corpus: str, quick: bool, sample
 
     from genbound_assets.cli_suite import train as suite_train
     from genbound_assets.demo import DemoSettings, run_demo, suite_ready
-    from genbound_assets.ml.suite import DEMO_SIZES, QUICK_SIZES, default_data_dir
+    from genbound_assets.families.suite import DEMO_SIZES, QUICK_SIZES, default_data_dir
 
     root = (root or default_data_dir() / "suite").expanduser()
     sizes = list(QUICK_SIZES if quick else DEMO_SIZES)

@@ -27,7 +27,7 @@ def _fail(msg: str) -> None:
 
 
 def _parse_sizes(sizes: str | None, quick: bool) -> list[str]:
-    from genbound_assets.ml.suite import DEMO_SIZES, QUICK_SIZES, SIZES
+    from genbound_assets.families.suite import DEMO_SIZES, QUICK_SIZES, SIZES
 
     if sizes:
         if quick:
@@ -44,7 +44,7 @@ def _parse_sizes(sizes: str | None, quick: bool) -> list[str]:
 
 def _synthetic_docs_needed(names: list[str], train) -> int:
     """Documents of SYNTHETIC_DOC_LEN tokens that hold the largest size's run (+1% margin)."""
-    from genbound_assets.ml.suite import SIZES, count_params, neox_config
+    from genbound_assets.families.suite import SIZES, count_params, neox_config
 
     v = SYNTHETIC_VOCAB + 1
     most = max(count_params(neox_config(SIZES[n], v, train.context_length, SYNTHETIC_VOCAB))[0]
@@ -56,19 +56,19 @@ def _synthetic_docs_needed(names: list[str], train) -> int:
 def _build_stream(corpus: str, root: Path, names: list[str], train):
     """(stream, source_info) for the chosen corpus; the tokenizer is saved under root."""
     if corpus == "brown":
-        from genbound_assets.ml.corpus import BrownCorpusSource
-        from genbound_assets.ml.stream import tokenize_corpus
-        from genbound_assets.ml.tokenizer import N_BYTES, save_tokenizer, train_bpe
+        from genbound_assets.data.corpus import BrownCorpusSource
+        from genbound_assets.data.stream import tokenize_corpus
+        from genbound_assets.data.tokenizer import N_BYTES, save_tokenizer, train_bpe
 
         src = BrownCorpusSource()
         tok = train_bpe(src, N_BYTES + 1)  # the bare byte alphabet + <|endoftext|>: V = 257
         save_tokenizer(tok, root / "tokenizer")
         stream = tokenize_corpus(src, tok)
         info = {"corpus": src.name, "corpus_sha256": src.content_hash(),
-                "tokenizer": "byte-level BPE, no merges (genbound_assets.ml.tokenizer.train_bpe)",
+                "tokenizer": "byte-level BPE, no merges (genbound_assets.data.tokenizer.train_bpe)",
                 "tokenizer_dir": "tokenizer", "vocab_size": tok.get_vocab_size()}
         return stream, info, tok.get_vocab_size()
-    from genbound_assets.ml.corpus import SyntheticMarkovSource
+    from genbound_assets.data.corpus import SyntheticMarkovSource
 
     src = SyntheticMarkovSource(vocab_size=SYNTHETIC_VOCAB, order=2,
                                 n_docs=_synthetic_docs_needed(names, train),
@@ -102,8 +102,8 @@ def suite():
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train(root, corpus, sizes, quick, overwrite, seed, workers, threads, no_progress):
     """Train the demo suite: every size on the same in-order data, one pass, atomic checkpoints."""
-    from genbound_assets.ml.stream import load_stream, save_stream
-    from genbound_assets.ml.suite import (
+    from genbound_assets.data.stream import load_stream, save_stream
+    from genbound_assets.families.suite import (
         DATA_ORDER_NAME,
         InsufficientTokensError,
         TrainConfig,

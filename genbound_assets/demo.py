@@ -3,7 +3,7 @@
 The suite is trained by `genbound suite train` (the CLI calls it first when the suite is
 missing). This module then, for every model of the suite: registers it and its checkpoints with
 their integrity status, draws the bound's token sample once, picks the checkpoint at the
-compute-optimal D* = 20 N (Sec. 2.2), certifies it (ml/certify.py) and stores the certificate.
+compute-optimal D* = 20 N (Sec. 2.2), certifies it (pipeline/certify.py) and stores the certificate.
 The Dagster asset graph of a later issue runs the same functions per partition.
 """
 
@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genbound_assets.bounds.compute_optimal import select_compute_optimal
-from genbound_assets.ml.certify import BoundSettings, CheckpointCertificate, certify_checkpoint
-from genbound_assets.ml.integrity import check_model
-from genbound_assets.ml.sampler import draw_uniforms
-from genbound_assets.ml.sources import LocalCheckpointSource
-from genbound_assets.ml.stream import load_stream
-from genbound_assets.ml.suite import DEMO_GPTQ_GROUP_SIZE, load_data_order, trained_prefix_len
+from genbound_assets.data.sampler import draw_uniforms
+from genbound_assets.data.stream import load_stream
+from genbound_assets.families.integrity import check_model
+from genbound_assets.families.sources import LocalCheckpointSource
+from genbound_assets.families.suite import DEMO_GPTQ_GROUP_SIZE, load_data_order, trained_prefix_len
+from genbound_assets.pipeline.certify import (
+    BoundSettings,
+    CheckpointCertificate,
+    certify_checkpoint,
+)
 from genbound_assets.storage.records import (
     write_certificate,
     write_model_registry,

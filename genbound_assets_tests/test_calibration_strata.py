@@ -9,8 +9,8 @@ import pytest
 
 from genbound_assets.bounds.freedman import v
 from genbound_assets.bounds.subsample import subsampled_freedman_bound
-from genbound_assets.ml.sampler import calibration_windows, excluded_targets, positions_for
-from genbound_assets.ml.stream import build_stream
+from genbound_assets.data.sampler import calibration_windows, excluded_targets, positions_for
+from genbound_assets.data.stream import build_stream
 
 
 def _stream(seed=0, n_docs=40):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from genbound_assets.ml.certify import BoundSettings, certify_checkpoint
-from genbound_assets.ml.corpus import SyntheticMarkovSource
-from genbound_assets.ml.models import tiny_gpt_neox
-from genbound_assets.ml.sampler import draw_uniforms
+from genbound_assets.data.corpus import SyntheticMarkovSource
+from genbound_assets.data.sampler import draw_uniforms
+from genbound_assets.families.models import tiny_gpt_neox
+from genbound_assets.pipeline.certify import BoundSettings, certify_checkpoint
 
 pytestmark = pytest.mark.slow
 T = 64

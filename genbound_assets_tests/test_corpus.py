@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from genbound_assets.ml.corpus import (
+from genbound_assets.data.corpus import (
     BROWN_SHA256,
     BROWN_TGZ,
     BrownCorpusSource,
@@ -20,7 +20,7 @@ from genbound_assets.ml.corpus import (
     cache_root,
     corpus_source,
 )
-from genbound_assets.ml.stream import build_stream
+from genbound_assets.data.stream import build_stream
 
 # ------------------------------------------------------------------------------------------
 # synthetic Markov source

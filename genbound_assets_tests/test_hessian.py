@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from genbound_assets.ml.hessian import (
+from genbound_assets.measure.hessian import (
     NATIVE_EAGER,
     DenseOperator,
     EagerAttentionRequired,

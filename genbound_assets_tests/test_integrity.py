@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from genbound_assets.ml import suite as S
-from genbound_assets.ml.integrity import (
+from genbound_assets.families import suite as S
+from genbound_assets.families.integrity import (
     IntegrityReport,
     check_checkpoint,
     check_model,
     files_fingerprint,
     tensor_fingerprint,
 )
-from genbound_assets.ml.sources import CheckpointRef, LocalCheckpointSource, PythiaHubSource
+from genbound_assets.families.sources import CheckpointRef, LocalCheckpointSource, PythiaHubSource
 
 V, T = 40, 16
 W = "model.safetensors"

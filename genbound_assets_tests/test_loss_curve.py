@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from genbound_assets.ml.loss_curve import (
+from genbound_assets.data.stream import TokenStream
+from genbound_assets.families.models import tiny_gpt_neox
+from genbound_assets.measure.loss_curve import (
     HELD_SAMPLE,
     NEXT_TOKENS,
     held_sample_loss,
     next_token_positions,
     next_tokens_loss,
 )
-from genbound_assets.ml.models import tiny_gpt_neox
-from genbound_assets.ml.stream import TokenStream
 
 V = 101
 T = 10
@@ -105,7 +105,7 @@ def test_held_sample_loss(model, stream):
 def test_window_is_the_next_updates_targets(stream):
     """tokens_seen = suite.trained_prefix_len(step, B*T), window = B*T: the targets the update
     after checkpoint `step` trains on (suite.step_token_range), for step0 included."""
-    from genbound_assets.ml.suite import step_token_range, trained_prefix_len
+    from genbound_assets.families.suite import step_token_range, trained_prefix_len
 
     bt = 37
     seps = set(stream.doc_starts.tolist())

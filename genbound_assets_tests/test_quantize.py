@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from genbound_assets.ml import code_size, rtn
-from genbound_assets.ml.code_size import TensorSpec, stored_bits
-from genbound_assets.ml.quantize import (
+from genbound_assets.measure import code_size, rtn
+from genbound_assets.measure.code_size import TensorSpec, stored_bits
+from genbound_assets.measure.quantize import (
     QuantizationFailed,
     check_quantization,
     gptq_quantize_weight,
@@ -363,7 +363,7 @@ def test_layer_input_hessians_match_direct_computation(trained):
 
 def test_compressed_length_is_a_function_of_the_model_alone():
     """Same tensors and metadata, any dict order -> the same compressed code length."""
-    from genbound_assets.ml.code_size import canonical_payload, lzma_bits
+    from genbound_assets.measure.code_size import canonical_payload, lzma_bits
 
     gen = torch.Generator().manual_seed(0)
     state = {f"layer{i}.qweight": torch.randint(0, 2**31 - 1, (8, 16), generator=gen, dtype=torch.int32)

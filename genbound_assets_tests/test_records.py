@@ -4,10 +4,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from genbound_assets.ml.certify import BoundSettings, certify_checkpoint
-from genbound_assets.ml.corpus import SyntheticMarkovSource
-from genbound_assets.ml.models import tiny_gpt_neox
-from genbound_assets.ml.sampler import draw_uniforms
+from genbound_assets.data.corpus import SyntheticMarkovSource
+from genbound_assets.data.sampler import draw_uniforms
+from genbound_assets.families.models import tiny_gpt_neox
+from genbound_assets.pipeline.certify import BoundSettings, certify_checkpoint
 from genbound_assets.storage import read_frame, replace_partitions
 from genbound_assets.storage.records import (
     certificate_partitions,
@@ -71,8 +71,8 @@ def test_a_failing_write_leaves_the_previous_certificate(pg_clean, cert):
 
 
 def test_quarantined_checkpoints_keep_their_reason(pg_clean):
-    from genbound_assets.ml.integrity import IntegrityReport
-    from genbound_assets.ml.sources import CheckpointRef, ModelInfo
+    from genbound_assets.families.integrity import IntegrityReport
+    from genbound_assets.families.sources import CheckpointRef, ModelInfo
     from genbound_assets.storage.records import write_model_registry
 
     info = ModelInfo("m", n_params=100, n_params_non_embedding=40, vocab_size=257,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from genbound_assets.ml.sampler import calibration_windows, contexts, draw_uniforms, positions_for
-from genbound_assets.ml.stream import build_stream
+from genbound_assets.data.sampler import calibration_windows, contexts, draw_uniforms, positions_for
+from genbound_assets.data.stream import build_stream
 
 SEP = 50
 

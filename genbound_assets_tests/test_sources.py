@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genbound_assets.ml import suite as S
-from genbound_assets.ml.sources import (
+from genbound_assets.families import suite as S
+from genbound_assets.families.sources import (
     PYTHIA_MODELS,
     PYTHIA_STEPS,
     PYTHIA_TOKENS_PER_STEP,

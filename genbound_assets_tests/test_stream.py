@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genbound_assets.ml.stream import (
+from genbound_assets.data.stream import (
     TokenStream,
     build_stream,
     consumed_prefix_len,
@@ -147,8 +147,8 @@ def test_training_chunks_label_every_target_exactly_once():
 
 
 def test_tokenize_corpus_byte_level(tmp_path):
-    from genbound_assets.ml.corpus import TextFilesSource
-    from genbound_assets.ml.tokenizer import byte_tokenizer
+    from genbound_assets.data.corpus import TextFilesSource
+    from genbound_assets.data.tokenizer import byte_tokenizer
 
     texts = ["first doc\n", "zweites Dokument — ü", "", "3"]
     for i, t in enumerate(texts):

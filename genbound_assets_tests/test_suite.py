@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from genbound_assets.ml import suite as S
-from genbound_assets.ml.stream import TokenStream, build_stream, training_chunks
+from genbound_assets.data.stream import TokenStream, build_stream, training_chunks
+from genbound_assets.families import suite as S
 
 # Brown as the demo tokenizes it (byte-level, V = 257): 5,965,970 tokens in 500 documents.
 BROWN_TOKENS, BROWN_DOCS, DEMO_V = 5_965_970, 500, 257
@@ -76,7 +76,7 @@ def test_demo_sizes_are_pythia_like_gptq_compatible_and_fit_brown():
         assert m.d_star == 20 * m.n_params and m.d_star_step in m.checkpoint_steps
         assert m.frontier_steps["2xD*"] in m.checkpoint_steps
     # the model non-embedding counts follow Pythia's convention (checked against pythia-70m)
-    from genbound_assets.ml.sources import PYTHIA_MODELS
+    from genbound_assets.families.sources import PYTHIA_MODELS
     row = PYTHIA_MODELS["70m"]
     assert row["total_params"] - row["non_embedding_params"] == 2 * row["padded_vocab"] * row["d_model"]
 

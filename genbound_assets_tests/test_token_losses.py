@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from genbound_assets.bounds.smoothing import smoothing_alpha
-from genbound_assets.ml.models import resolve_device_dtype, tiny_gpt_neox
-from genbound_assets.ml.stream import TokenStream
-from genbound_assets.ml.token_losses import plan_windows, token_losses
+from genbound_assets.data.stream import TokenStream
+from genbound_assets.families.models import resolve_device_dtype, tiny_gpt_neox
+from genbound_assets.measure.token_losses import plan_windows, token_losses
 
 V = 211
 T = 12

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genbound_assets.ml.corpus import SyntheticMarkovSource, TextFilesSource, cache_root
-from genbound_assets.ml.stream import tokenize_corpus
-from genbound_assets.ml.tokenizer import (
+from genbound_assets.data.corpus import SyntheticMarkovSource, TextFilesSource, cache_root
+from genbound_assets.data.stream import tokenize_corpus
+from genbound_assets.data.tokenizer import (
     as_transformers,
     byte_tokenizer,
     extract_tokenizer_json,

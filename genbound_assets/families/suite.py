@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genbound_assets.ml.corpus import sha256_file
-from genbound_assets.ml.stream import TokenStream
+from genbound_assets.data.corpus import sha256_file
+from genbound_assets.data.stream import TokenStream
 
 __all__ = [
     "SizeSpec",

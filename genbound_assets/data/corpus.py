@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from genbound_assets.ml.stream import TokenStream
+    from genbound_assets.data.stream import TokenStream
 
 __all__ = [
     "CorpusSource",
@@ -392,7 +392,7 @@ class SyntheticMarkovSource(CorpusSource):
 
     def stream(self) -> TokenStream:
         """The training stream: documents in order, each opened by ``separator_id``."""
-        from genbound_assets.ml.stream import build_stream
+        from genbound_assets.data.stream import build_stream
 
         return build_stream(self.token_documents(), self.separator_id)
 

@@ -2,12 +2,12 @@
 
 The order is fixed by what each step may depend on (docs/pipeline.md):
 
-1. calibration windows, chosen first with their own seed (ml/sampler.calibration_windows);
-2. quantize h -> h_q on those windows (ml/quantize);
+1. calibration windows, chosen first with their own seed (data/sampler.calibration_windows);
+2. quantize h -> h_q on those windows (measure/quantize);
 3. code length L(h_q) -> C -> alpha (bounds/): nothing here looks at the bound's sample;
 4. the bound's m pairs, uniform over the targets outside the windows, and the windows' targets
    evaluated exactly (the exact stratum);
-5. per-token losses/entropies of h and of the smoothed h_q at that alpha (ml/token_losses);
+5. per-token losses/entropies of h and of the smoothed h_q at that alpha (measure/token_losses);
 6. certificates: sample-split Freedman + Hoeffding/Bernstein (bounds/subsample), the paper's
    decomposition made valid by a non-negative slack, Lotfi et al.'s Azuma bound.
 
@@ -35,11 +35,15 @@ from genbound_assets.bounds.freedman import freedman_complexity
 from genbound_assets.bounds.loss_range import smoothed_min_entropy, tight_loss_range
 from genbound_assets.bounds.smoothing import smoothed_worst_case_loss, smoothing_alpha
 from genbound_assets.bounds.subsample import SubsampledBound, subsampled_freedman_bound
-
-from .quantize import QuantizationFailed, QuantizedModel, check_quantization, quantize_model
-from .sampler import calibration_windows, excluded_targets, positions_for
-from .stream import TokenStream
-from .token_losses import TokenLosses, token_losses
+from genbound_assets.data.sampler import calibration_windows, excluded_targets, positions_for
+from genbound_assets.data.stream import TokenStream
+from genbound_assets.measure.quantize import (
+    QuantizationFailed,
+    QuantizedModel,
+    check_quantization,
+    quantize_model,
+)
+from genbound_assets.measure.token_losses import TokenLosses, token_losses
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Checkpoint sources: one interface over a family of LM checkpoints (sizes × training steps).
 
-* :class:`LocalCheckpointSource` reads a suite written by ``genbound_assets.ml.suite``:
+* :class:`LocalCheckpointSource` reads a suite written by ``genbound_assets.families.suite``:
   ``<root>/<model>/step<N>/`` with ``checkpoint.json`` (the manifest, written last).  A folder
   without a complete manifest -- a killed write's ``.tmp-step<N>-*`` folder, or a ``step<N>``
   folder whose checkpoint.json is missing or unreadable -- is not a checkpoint and is never
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from genbound_assets.ml.suite import MANIFEST_FORMAT, MANIFEST_NAME
+from genbound_assets.families.suite import MANIFEST_FORMAT, MANIFEST_NAME
 
 __all__ = [
     "ModelInfo",
@@ -241,7 +241,7 @@ class LocalCheckpointSource(CheckpointSource):
         if not isinstance(n, int) or not isinstance(n_ne, int):
             from transformers import GPTNeoXConfig
 
-            from genbound_assets.ml.suite import count_params
+            from genbound_assets.families.suite import count_params
 
             n, n_ne = count_params(GPTNeoXConfig.from_dict(cfg))
         tps = man.get("tokens_per_step")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from genbound_assets.ml.sources import (
+from genbound_assets.families.sources import (
     CheckpointRef,
     CheckpointSource,
     FileDigest,
@@ -37,7 +37,7 @@ from genbound_assets.ml.sources import (
     read_manifest,
     select_weight_files,
 )
-from genbound_assets.ml.suite import config_hash, sha256_file
+from genbound_assets.families.suite import config_hash, sha256_file
 
 __all__ = [
     "IntegrityReport",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stream import TokenStream
+from genbound_assets.data.stream import TokenStream
+
 from .token_losses import token_losses
 
 NEXT_TOKENS = "next_tokens"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from genbound_assets.ml.corpus import check_int
-from genbound_assets.ml.stream import TokenStream, _check_prefix
+from genbound_assets.data.corpus import check_int
+from genbound_assets.data.stream import TokenStream, _check_prefix
 
 __all__ = ["draw_uniforms", "positions_for", "calibration_windows", "contexts"]
 

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models import resolve_device_dtype
-from .stream import TokenStream
+from genbound_assets.data.stream import TokenStream
+from genbound_assets.families.models import resolve_device_dtype
 
 # Rows of the LM head evaluated at once: rows * V float32 logits stay near this many elements.
 _HEAD_CHUNK_ELEMS = 1 << 25
