@@ -63,6 +63,10 @@ class FamilySpec:
         if not isinstance(self.options, dict):
             raise ValueError(f"family {self.name}: 'options' must be an object")
 
+    def __hash__(self) -> int:   # options is a dict: hash its canonical JSON
+        return hash((self.name, self.kind, self.checkpoints, self.data, self.profile,
+                     json.dumps(self.options, sort_keys=True, default=str)))
+
 
 @dataclass(frozen=True)
 class Family:

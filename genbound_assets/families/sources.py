@@ -142,6 +142,15 @@ class CheckpointSource(ABC):
         """Folder holding the checkpoint's files on this machine, or None if not on disk."""
         return None
 
+    def incomplete(self, model: str) -> list[tuple[str, str]]:
+        """(folder, reason) of checkpoint folders of ``model`` that are not (yet) checkpoints,
+        e.g. a write in progress.  Sources without such folders return []."""
+        return []
+
+    def final_step(self, model: str) -> int | None:
+        """The step training ends at, when the source knows it (None otherwise)."""
+        return None
+
     def reference_digests(self, ref: CheckpointRef, metadata: Any = None) -> dict[str, FileDigest] | None:
         """What the checkpoint's files should be (name -> sha256/size), from an independent
         record (the local manifest; the hub's LFS metadata), or None if there is none.  Raises
@@ -253,6 +262,31 @@ class LocalCheckpointSource(CheckpointSource):
     def list_checkpoints(self, model: str) -> list[CheckpointRef]:
         return [CheckpointRef(model=model, step=s, tokens_seen=int(man["tokens_seen"]), location=str(d))
                 for s, d, man in self._require(model)]
+
+    def final_step(self, model: str) -> int | None:
+        found = self._scan(model)
+        total = found[-1][2].get("total_steps") if found else None
+        return int(total) if isinstance(total, int) and not isinstance(total, bool) else None
+
+    def incomplete(self, model: str) -> list[tuple[str, str]]:
+        """``step<N>`` folders without a complete manifest and ``.tmp-step<N>-*`` folders of a
+        write in progress (or killed), with the reason they are not listed."""
+        folder = self.root / model
+        out: list[tuple[str, str]] = []
+        if not folder.is_dir():
+            return out
+        for d in sorted(folder.iterdir()):
+            if not d.is_dir():
+                continue
+            if d.name.startswith(".tmp-step"):
+                out.append((str(d), "a checkpoint write in progress (or interrupted): no manifest yet"))
+                continue
+            m = _STEP_DIR.match(d.name)
+            if m:
+                man, reason = read_manifest(d, model, int(m.group(1)))
+                if man is None:
+                    out.append((str(d), reason))
+        return out
 
     def manifest(self, model: str, step: int) -> dict:
         """The checkpoint's manifest (n_targets_seen = its D, is_d_star, ...)."""

@@ -46,7 +46,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +267,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 1234
     vocab_multiple: int = 1           # pad the logit dimension to a multiple of this
+    # Pythia's rule: every size trains as long as the longest one (same tokens, same lr schedule
+    # length) and saves at the same steps (the union of every size's schedule), so a family's
+    # model x step grid holds no phantom checkpoint (docs/dagster.md).  False: each size stops
+    # at its own train_multiple * D*.
+    common_schedule: bool = True
 
     def __post_init__(self):
         for k in ("context_length", "batch_size", "regular_every", "vocab_multiple"):
@@ -474,11 +479,23 @@ def plan_suite(
             + ". Use a larger corpus or smaller sizes."
         )
     plans.sort(key=lambda p: p.n_params)
+    if train.common_schedule and plans:
+        plans = _common_schedule(plans, targets, train)
     return SuitePlan(
         train=train, vocab_size=v, separator_id=int(stream.separator_id),
         stream_tokens=len(stream), stream_targets=int(stream.n_targets()),
         stream_sha256=stream.content_hash(), models=tuple(plans),
     )
+
+
+def _common_schedule(plans: list[ModelPlan], targets: np.ndarray, train: TrainConfig) -> list[ModelPlan]:
+    """Every size trains to the longest size's length and saves at the union of the schedules."""
+    total = max(p.total_steps for p in plans)
+    extra = {st for p in plans for st in p.frontier_steps.values()}
+    steps = tuple(checkpoint_steps(total, train.regular_every, extra))
+    return [replace(p, total_steps=total, total_targets=int(targets[total]),
+                    tokens_needed=total * train.tokens_per_step + 1, checkpoint_steps=steps)
+            for p in plans]
 
 
 # --------------------------------------------------------------------------------------------

@@ -128,6 +128,12 @@ def _to_copyable(t: Table, df: pl.DataFrame) -> pl.DataFrame:
                 exprs.append(pl.col(name).map_elements(_pg_array, return_dtype=pl.String))
             elif dtype != pl.String:
                 raise ValueError(f"column {t.name}.{name} is an array: give a list column, got {dtype}")
+        elif isinstance(coltype, sa.LargeBinary):
+            if dtype == pl.Binary:   # COPY csv reads bytea as \\x<hex>
+                exprs.append(pl.col(name).map_elements(lambda b: "\\x" + b.hex(),
+                                                       return_dtype=pl.String))
+            elif dtype != pl.String:
+                raise ValueError(f"column {t.name}.{name} is bytea: give a binary column, got {dtype}")
         elif dtype == pl.Float32:
             exprs.append(pl.col(name).cast(pl.Float64))
         elif isinstance(dtype, pl.List | pl.Array | pl.Struct | pl.Object):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
@@ -35,6 +36,8 @@ metadata = MetaData()
 SOURCE_KINDS = ("local", "pythia_hub")
 CHECKPOINT_STATUSES = ("ok", "quarantined")
 SAMPLE_PURPOSES = ("bound", "calibration", "hessian")
+DESIGNS = ("exact", "windows", "pairs")
+BOUND_ROLES = ("headline", "diagnostic", "reference", "estimate")
 QUANTIZERS = ("none", "gptq", "rtn")
 EVAL_KINDS = ("next_tokens", "held_sample")
 QUANTIZATION_STATUSES = ("ok", "failed")
@@ -84,6 +87,7 @@ checkpoints = Table(
     Column("model", Text, nullable=False),
     Column("step", Integer, nullable=False),
     Column("tokens_seen", BigInteger),
+    Column("n_train_tokens", BigInteger),  # D: targets trained on (the bound's n)
     Column("location", Text),  # path or hub revision
     Column("fingerprint", Text),  # sha256 hex of the weights
     Column("status", Text, nullable=False, server_default="ok"),
@@ -156,9 +160,21 @@ quantized_models = Table(
     Column("bits_per_param", Double),
     Column("status", Text, nullable=False, server_default="ok"),
     Column("failure_reason", Text),
-    Column("quantization_gap", Double),
+    Column("quantization_gap", Double),  # on the calibration windows (decides the status)
     Column("wall_s", Double),
     Column("artifact_path", Text),
+    Column("artifact_sha256", Text),
+    Column("entropy_bits", BigInteger),
+    Column("code_length_method", Text),  # the certified code the bound uses (grid configs)
+    Column("code_length_bits", Double),
+    Column("in_grid", Boolean, nullable=False, server_default=sa.true()),
+    Column("is_reference", Boolean, nullable=False, server_default=sa.false()),
+    Column("chosen", Boolean, nullable=False, server_default=sa.false()),
+    Column("choice_nats", Double),  # log|grid| + log #codes paid in the bound
+    Column("alpha", Double),
+    Column("complexity", Double),
+    Column("reference_alpha", Double),  # the paper recipe's alpha (nominal b*N accounting)
+    Column("predicted_bound", Double),  # the selection score on the calibration windows
     _stamp(),
     PrimaryKeyConstraint(
         "model", "step", "quantizer", "bits", "group_size", "quantize_embeddings",
@@ -185,6 +201,9 @@ hessian_spectra = Table(
     Column("lambda_max", Double),
     Column("trace_sqrt_shifted", Double),
     Column("trace_sqrt_abs", Double),
+    Column("trace_sqrt_positive", Double),  # Tr(H_+^1/2), no shift (App. B's quantity)
+    Column("n_params", BigInteger),
+    Column("bits_needed", Double),  # App. B: bits that suffice at the measured spectrum
     Column("ritz_nodes", ARRAY(Double)),
     Column("ritz_weights", ARRAY(Double)),
     Column("density_grid", ARRAY(Double)),
@@ -200,7 +219,7 @@ hessian_spectra = Table(
 BOUND_KEY = (
     "model", "step", "method", "quantizer", "bits", "group_size", "code_length_method", "alpha",
     "loss_range_method", "delta", "sample", "n_sample", "subsample_method", "grid_size",
-    "interpolated",
+    "interpolated", "design", "quantize_embeddings", "calibration", "delta_split_share",
 )
 
 bounds = Table(
@@ -237,9 +256,82 @@ bounds = Table(
     # false for interpolated rows, nominal code lengths and estimates
     Column("certified", Boolean, nullable=False, server_default=sa.false()),
     Column("interpolated", Boolean, nullable=False, server_default=sa.false()),
+    Column("role", Text, nullable=False, server_default="diagnostic"),
+    Column("design", Text, nullable=False, server_default="pairs"),
+    Column("quantize_embeddings", Boolean, nullable=False, server_default=sa.false()),
+    Column("calibration", Text, nullable=False, server_default=""),
+    Column("delta_split_share", Double, nullable=False, server_default="0"),
+    Column("family", Text),
     _stamp(),
     PrimaryKeyConstraint(*BOUND_KEY, name="bounds_pkey"),
     _in("quantizer", QUANTIZERS, "bounds"),
+    _in("role", BOUND_ROLES, "bounds"),
+    _in("design", DESIGNS, "bounds"),
+)
+
+# One checkpoint's certificate data: the design and its summary (per-target arrays below).
+token_loss_sets = Table(
+    "token_loss_sets",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("design", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="ok"),
+    Column("failure_reason", Text),
+    Column("n_train_tokens", BigInteger),  # D
+    Column("n_draws", Integer),  # m windows drawn (0 = every target)
+    Column("n_targets", BigInteger),  # targets evaluated for the bound
+    Column("n_exact", BigInteger),  # of which in the exact stratum
+    Column("n_reference_pairs", Integer),
+    *_quant_cols(),  # the chosen configuration
+    Column("alpha", Double),
+    Column("ref_quantizer", Text),
+    Column("ref_bits", SmallInteger),
+    Column("ref_group_size", Integer),
+    Column("alpha_ref", Double),
+    Column("vocab_size", Integer),
+    Column("mean_h_loss", Double),
+    Column("mean_q_loss", Double),
+    Column("mean_sq_loss", Double),
+    Column("sample", Text),  # token_samples.sample the draws came from
+    Column("settings", JSONB),
+    Column("wall_s", Double),
+    _stamp(),
+    PrimaryKeyConstraint("model", "step", name="token_loss_sets_pkey"),
+    _in("design", DESIGNS[:2], "token_loss_sets"),
+)
+
+token_loss_arrays = Table(
+    "token_loss_arrays",
+    metadata,
+    Column("model", Text, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("name", Text, nullable=False),  # window, column, draw, h_loss, q_sq_loss, ...
+    Column("chunk", Integer, nullable=False),
+    Column("dtype", Text, nullable=False),  # numpy dtype string, little-endian
+    Column("n", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("model", "step", "name", "chunk", name="token_loss_arrays_pkey"),
+)
+
+# The compute-optimal selection of each model (Sec. 2.2: D* = 20 N).
+compute_optimal = Table(
+    "compute_optimal",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("n_params", BigInteger),
+    Column("tokens_per_param", Double),
+    Column("d_star", BigInteger),
+    Column("step", Integer),  # the first intact checkpoint with D >= D* (its bounds are certified)
+    Column("n_train_tokens", BigInteger),
+    Column("step_lo", Integer),  # the bracket for the interpolated (not certified) row
+    Column("step_hi", Integer),
+    Column("d_lo", BigInteger),
+    Column("d_hi", BigInteger),
+    Column("weight_hi", Double),  # linear weight in N/D at N/D = 1/tokens_per_param
+    Column("certified", Boolean, nullable=False, server_default=sa.false()),
+    Column("note", Text),
+    _stamp(),
 )
 
 power_law_fits = Table(
@@ -303,6 +395,16 @@ def create_schema(engine: Engine) -> list[str]:
                 ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
                 conn.execute(text(f'ALTER TABLE "{name}" ADD COLUMN IF NOT EXISTS {ddl}'))
                 changed.append(f"{name}.{col.name}")
+            # a primary key that gained columns (a key only ever grows: no duplicate can appear)
+            want = [c.name for c in table.primary_key.columns]
+            pk = inspector.get_pk_constraint(name)
+            if want and list(pk.get("constrained_columns") or []) != want:
+                cols = ", ".join(f'"{c}"' for c in want)
+                if pk.get("name"):
+                    conn.execute(text(f'ALTER TABLE "{name}" DROP CONSTRAINT "{pk["name"]}"'))
+                conn.execute(text(f'ALTER TABLE "{name}" ADD CONSTRAINT "{table.primary_key.name}" '
+                                  f'PRIMARY KEY ({cols})'))
+                changed.append(f"{name}.primary_key")
     return changed
 
 

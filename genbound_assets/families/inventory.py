@@ -1,0 +1,122 @@
+"""What a family holds now: new complete checkpoints, their integrity, folders not yet complete,
+and which checkpoints the automation bounds.  The sensor, the schedule and the demo all call
+these (no Dagster, no database: the callers read and write the store).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from genbound_assets.data.order import WindowOrder
+
+from .integrity import IntegrityReport, check_checkpoint
+from .sources import CheckpointRef, CheckpointSource
+
+__all__ = ["Found", "ScanResult", "scan_source", "selected_steps", "train_tokens",
+           "checkpoint_record", "model_record"]
+
+
+@dataclass(frozen=True)
+class Found:
+    ref: CheckpointRef
+    report: IntegrityReport
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+
+@dataclass
+class ScanResult:
+    found: list[Found] = field(default_factory=list)               # new, complete, checked
+    incomplete: list[tuple[str, str, str]] = field(default_factory=list)  # (model, folder, reason)
+    more: bool = False                                             # the per-tick budget ran out
+
+    @property
+    def intact(self) -> list[Found]:
+        return [f for f in self.found if f.ok]
+
+    @property
+    def quarantined(self) -> list[Found]:
+        return [f for f in self.found if not f.ok]
+
+
+def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
+                fingerprints: Mapping[tuple[str, int], str] | None = None,
+                limit: int = 1_000, models: Iterable[str] | None = None) -> ScanResult:
+    """New complete checkpoints of ``source`` (not in ``known``), each integrity-checked
+    (duplicates against ``fingerprints`` of earlier checkpoints and of this scan), at most
+    ``limit`` per call (oldest steps first); and the folders that are not checkpoints yet."""
+    res = ScanResult()
+    prints: dict[tuple[str, int], str] = dict(fingerprints or {})
+    for model in (list(models) if models is not None else source.list_models()):
+        for folder, reason in source.incomplete(model):
+            res.incomplete.append((model, folder, reason))
+        try:
+            refs = source.list_checkpoints(model)
+        except ValueError:
+            continue   # no complete checkpoint yet
+        for ref in refs:
+            if (ref.model, ref.step) in known:
+                continue
+            if len(res.found) >= limit:
+                res.more = True
+                return res
+            rep = check_checkpoint(ref, source, prints)
+            if rep.fingerprint:
+                prints[(ref.model, ref.step)] = rep.fingerprint
+            res.found.append(Found(ref, rep))
+    return res
+
+
+def train_tokens(order: WindowOrder, step: int) -> int:
+    """D of the checkpoint at ``step``: the targets of the windows it trained on."""
+    return order.n_targets(order.trained_windows(step))
+
+
+def selected_steps(n_params: int, d_by_step: Mapping[int, int], selection: str,
+                   tokens_per_param: float = 20.0, final_step: int | None = None) -> set[int]:
+    """The checkpoints the automation quantizes and bounds.
+
+    ``compute_optimal``: the bracket around D* = tokens_per_param · N (the last checkpoint with
+    D < D* and the first with D >= D*; Sec. 2.2, the interpolation of Sec. 4 needs both) and the
+    final checkpoint of training (when the source knows the final step and it is present);
+    ``all``: every checkpoint with D > 0; ``none``: nothing.
+    """
+    steps = sorted(s for s, d in d_by_step.items() if d > 0)
+    if selection == "none" or not steps:
+        return set()
+    if selection == "all":
+        return set(steps)
+    if selection != "compute_optimal":
+        raise ValueError(f"selection must be compute_optimal, all or none, got {selection!r}")
+    d_star = math.ceil(tokens_per_param * n_params)
+    above = [s for s in steps if d_by_step[s] >= d_star]
+    below = [s for s in steps if d_by_step[s] < d_star]
+    out = {final_step} if final_step in d_by_step and d_by_step[final_step] > 0 else set()
+    if above:
+        out.add(above[0])
+    if below:
+        out.add(below[-1])
+    return out
+
+
+def checkpoint_record(family, ref: CheckpointRef, report: IntegrityReport) -> dict:
+    """Row of ``checkpoints`` (without the model) for one checked checkpoint of ``family``."""
+    return {"step": ref.step, "tokens_seen": ref.tokens_seen,
+            "n_train_tokens": train_tokens(family.order, ref.step), "location": ref.location,
+            "fingerprint": report.fingerprint, "status": report.status,
+            "quarantine_reason": report.reason}
+
+
+def model_record(family, model: str) -> dict:
+    """Row of ``models`` for one model of ``family`` (a registry.Family)."""
+    info = family.source.model_info(model)
+    return {"model": model, "family": family.name,
+            "source_kind": "pythia_hub" if family.spec.kind == "pythia" else "local",
+            "location": family.spec.checkpoints, "n_params": info.n_params,
+            "n_params_non_embedding": info.n_params_non_embedding, "vocab_size": info.vocab_size,
+            "context_length": info.context_length, "tokens_per_step": info.tokens_per_step,
+            "config": {"kind": family.spec.kind}}
