@@ -1,0 +1,120 @@
+"""Automation over every registered family (docs/dagster.md, "Automation"):
+
+* sensor ``new_checkpoints``: polls each family's source; registers the partition keys of new
+  complete checkpoints (keys Dagster cannot handle are refused with a log line); records
+  quarantined checkpoints (inventory row + a runless materialization with the reason) and
+  half-written folders (log line); requests batched runs for exactly the new intact checkpoints
+  (and checkpoints the ``selection`` setting newly picks).  Cursor: the checkpoints handled, per
+  family; idempotent across restarts (it also skips what is already materialized); at most
+  ``MAX_PER_TICK`` integrity checks per tick.
+* schedule ``checkpoint_backfill`` (hourly): every real checkpoint partition with no successful
+  materialization (missed ticks, failures since fixed), batched the same way.
+* ``genbound_automation``: the declarative-automation sensor that keeps the model-level assets
+  up to date when any checkpoint of their model changes.
+"""
+
+import json
+import os
+
+import dagster as dg
+
+from genbound_assets.defs.store.resources import PostgresResource
+
+from .partitions import all_family_parts
+from .requests import requests_for_needs
+from .resources import GenboundResource
+from .watch import in_flight, needs_for, plan_tick, real_checkpoints
+
+MAX_PER_TICK = int(os.environ.get("GENBOUND_SENSOR_MAX_PER_TICK", "200") or 200)
+INTERVAL_S = int(os.environ.get("GENBOUND_SENSOR_INTERVAL_S", "60") or 60)
+
+
+def _status(default: str) -> dg.DefaultSensorStatus:
+    on = os.environ.get("GENBOUND_AUTOMATION", default).strip().lower() in ("1", "on", "true", "running")
+    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+
+
+@dg.sensor(name="new_checkpoints", minimum_interval_seconds=INTERVAL_S,
+           target=dg.AssetSelection.all(), default_status=_status("on"),
+           description="Registers new complete checkpoints of every family and requests their "
+           "assets (batched); records quarantined and half-written ones with the reason.")
+def new_checkpoints(context: dg.SensorEvaluationContext, postgres: PostgresResource,
+                    genbound: GenboundResource) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    engine, settings = postgres.get_engine(), genbound.settings()
+    requests, dyn, events, skipped = [], [], [], []
+    for parts in all_family_parts():
+        try:
+            family = genbound.family(parts.spec)
+        except (OSError, ValueError) as e:
+            context.log.warning(f"family {parts.name}: cannot be opened: {e}")
+            continue
+        seen = set(cursor.get(parts.name, []))
+        plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK)
+        for line in plan.log:
+            context.log.info(line)
+            skipped.append(line)
+        if plan.add_models:
+            dyn.append(parts.model.build_add_request(plan.add_models))
+        if plan.add_steps:
+            dyn.append(parts.step.build_add_request(plan.add_steps))
+        requests += plan.requests
+        events += plan.events
+        cursor[parts.name] = sorted(seen | set(plan.handled))
+        if plan.more:
+            context.log.info(f"family {parts.name}: more new checkpoints than {MAX_PER_TICK} "
+                             "per tick; the next tick continues")
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=dyn,
+                           asset_events=events, cursor=json.dumps(cursor),
+                           skip_reason=None if requests or dyn else
+                           ("no new checkpoint" + (f"; {len(skipped)} noted" if skipped else "")))
+
+
+@dg.schedule(name="checkpoint_backfill", cron_schedule="0 * * * *", target=dg.AssetSelection.all(),
+             default_status=dg.DefaultScheduleStatus(_status("on").value),
+             description="Requests every real checkpoint partition that has no successful "
+             "materialization (missed sensor ticks, failures since fixed), batched per model.")
+def checkpoint_backfill(context: dg.ScheduleEvaluationContext, postgres: PostgresResource,
+                        genbound: GenboundResource):
+    return backfill_requests(context.instance, postgres.get_engine(), genbound)
+
+
+def backfill_requests(instance: dg.DagsterInstance, engine, genbound: GenboundResource,
+                      key_prefix: str | None = None) -> list[dg.RunRequest]:
+    """The schedule's requests: only registered partitions that are real intact checkpoints."""
+    from genbound_assets.families.inventory import selected_steps, train_tokens
+
+    settings = genbound.settings()
+    out = []
+    for parts in all_family_parts():
+        try:
+            family = genbound.family(parts.spec)
+        except (OSError, ValueError):
+            continue
+        order = instance.get_dynamic_partitions(parts.step.name)
+        registered = set(order)
+        models = instance.get_dynamic_partitions(parts.model.name)
+        status = real_checkpoints(engine, models)
+        steps, bounded = {}, {}
+        for model in models:
+            listed = {r.step for r in family.source.list_checkpoints(model)} if model in \
+                family.source.list_models() else set()
+            intact = {s for s, st in status.get(model, {}).items()
+                      if st == "ok" and str(s) in registered and s in listed}
+            # never inventoried yet (sensor tick missed): the checkpoint asset checks it
+            fresh = {s for s in listed if s not in status.get(model, {}) and str(s) in registered}
+            steps[model] = intact | fresh
+            d = {s: train_tokens(family.order, s) for s in intact}
+            info = family.source.model_info(model)
+            bounded[model] = selected_steps(info.n_params, d, settings.selection,
+                                            settings.tokens_per_param, family.source.final_step(model))
+        needs = needs_for(instance, parts, steps, bounded, in_flight(instance, parts, order))
+        out += requests_for_needs(parts, order, needs, tags={"genbound/trigger": "checkpoint_backfill"},
+                                  key_prefix=key_prefix)
+    return out
+
+
+genbound_automation = dg.AutomationConditionSensorDefinition(
+    "genbound_automation", target=dg.AssetSelection.all(), default_status=_status("on"),
+    minimum_interval_seconds=30,
+    description="Declarative automation: model-level assets follow their checkpoints.")
