@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -127,7 +128,8 @@ def test_train_config_rejects_bad_values(bad, match):
 
 def test_plan_d_star_step_is_the_step_containing_d_star():
     stream = markov_stream()
-    plan = S.plan_suite(stream, TINY_SIZES, TINY)
+    own = dataclasses.replace(TINY, common_schedule=False)   # each size stops at its own 2.2·D*
+    plan = S.plan_suite(stream, TINY_SIZES, own)
     bt = TINY.tokens_per_step
     for m in plan.models:
         d_star = math.ceil(TINY.tokens_per_param * m.n_params)
@@ -142,6 +144,23 @@ def test_plan_d_star_step_is_the_step_containing_d_star():
         assert steps[:5] == (0, 1, 2, 4, 8) and steps[-1] == m.total_steps
         assert all(s % 16 == 0 for s in steps if s > 8 and s not in m.frontier_steps.values()
                    and s != m.total_steps)
+
+
+def test_common_schedule_every_size_saves_the_same_steps():
+    """Pythia's rule (the default): one length and one step grid for every size, holding each
+    size's own D* and 2·D* steps, so a family's model x step grid has no phantom checkpoint."""
+    stream = markov_stream()
+    own = S.plan_suite(stream, TINY_SIZES, dataclasses.replace(TINY, common_schedule=False))
+    common = S.plan_suite(stream, TINY_SIZES, TINY)
+    grids = {m.checkpoint_steps for m in common.models}
+    assert len(grids) == 1
+    (grid,) = grids
+    longest = max(m.total_steps for m in own.models)
+    assert all(m.total_steps == longest == grid[-1] for m in common.models)
+    for o, c in zip(own.models, common.models, strict=True):
+        assert (c.d_star_step, c.frontier_steps) == (o.d_star_step, o.frontier_steps)
+        assert set(o.frontier_steps.values()) <= set(grid)
+        assert set(o.checkpoint_steps) - {o.total_steps} <= set(grid)
 
 
 def test_plan_refuses_more_tokens_than_one_pass():
