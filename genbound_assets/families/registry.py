@@ -8,7 +8,9 @@ model × step partitions hold no phantom checkpoint).
 The registry is a JSON file, ``$GENBOUND_FAMILIES_FILE`` or ``<data dir>/families.json``:
 
     {"families": [{"name": "suite", "kind": "suite", "checkpoints": "/…/suite",
-                   "data": null, "profile": "demo", "options": {}}, ...]}
+                   "data": null, "profile": "demo", "options": {}},
+                  {"name": "pythia", "kind": "pythia", "checkpoints": "/…/pythia-mirror",
+                   "data": "/…/pile-standard/document", "options": {"sizes": ["70m"]}}, ...]}
 
 Without the file the registry holds one family, ``suite``, at ``<data dir>/suite`` (what
 ``genbound demo`` trains).  ``genbound family add`` writes the file.  No Dagster, no database.
