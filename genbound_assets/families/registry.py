@@ -8,7 +8,9 @@ model × step partitions hold no phantom checkpoint).
 The registry is a JSON file, ``$GENBOUND_FAMILIES_FILE`` or ``<data dir>/families.json``:
 
     {"families": [{"name": "suite", "kind": "suite", "checkpoints": "/…/suite",
-                   "data": null, "profile": "demo", "options": {}}, ...]}
+                   "data": null, "profile": "demo", "options": {}},
+                  {"name": "pythia", "kind": "pythia", "checkpoints": "/…/pythia-mirror",
+                   "data": "/…/pile-standard/document", "options": {"sizes": ["70m"]}}, ...]}
 
 Without the file the registry holds one family, ``suite``, at ``<data dir>/suite`` (what
 ``genbound demo`` trains).  ``genbound family add`` writes the file.  No Dagster, no database.
@@ -32,7 +34,7 @@ __all__ = ["FAMILY_KINDS", "FamilySpec", "Family", "families_file", "load_famili
            "save_families", "add_family", "default_family", "open_family", "check_family_name"]
 
 FAMILIES_FILE_ENV = "GENBOUND_FAMILIES_FILE"
-FAMILY_KINDS = ("suite",)            # extended as sources are added (pythia, hf_trainer, ...)
+FAMILY_KINDS = ("suite", "pythia")  # extended as sources are added (hf_trainer, ...)
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
@@ -152,4 +154,52 @@ def open_family(spec: FamilySpec) -> Family:
         stream = load_stream(stream_path, expected_hash=order_doc.get("stream_sha256"))
         order = StreamWindows(stream, int(order_doc["context_length"]), int(order_doc["batch_size"]))
         return Family(spec, LocalCheckpointSource(root), order)
+    if spec.kind == "pythia":
+        return _open_pythia(spec)
     raise ValueError(f"family {spec.name}: no opener for kind {spec.kind!r}")
+
+
+# -- pythia ------------------------------------------------------------------------------------
+# checkpoints: a local mirror in hub layout (<root>/EleutherAI/pythia-<size>[-deduped]/step<N>/),
+# or PYTHIA_HUB for the live hub / HF cache.  data: the preshuffled Pile's Megatron prefix
+# (.../document for document.bin + document.idx).  docs/pythia.md.
+PYTHIA_HUB = "hf://EleutherAI"
+PYTHIA_OPTIONS = {"sizes", "deduped", "sequence_length", "sequences_per_step", "cache_dir"}
+
+
+def _open_pythia(spec: FamilySpec) -> Family:
+    from genbound_assets.data.megatron import (
+        PYTHIA_SEQUENCE_LENGTH,
+        PYTHIA_SEQUENCES_PER_STEP,
+        MegatronWindows,
+    )
+
+    from .sources import PythiaHubSource
+
+    opts = spec.options
+    unknown = sorted(set(opts) - PYTHIA_OPTIONS)
+    if unknown:
+        raise ValueError(f"family {spec.name}: unknown pythia option(s) {unknown}; options: "
+                         f"{sorted(PYTHIA_OPTIONS)}")
+    if not spec.data:
+        raise ValueError(f"family {spec.name}: kind pythia needs data = the preshuffled Pile's "
+                         f"Megatron prefix (.../document for document.bin and document.idx)")
+    deduped = opts.get("deduped", False)
+    if not isinstance(deduped, bool):
+        raise ValueError(f"family {spec.name}: option deduped must be true or false, got {deduped!r}")
+    seq_len = opts.get("sequence_length", PYTHIA_SEQUENCE_LENGTH)
+    per_step = opts.get("sequences_per_step", PYTHIA_SEQUENCES_PER_STEP)
+    hub = spec.checkpoints == PYTHIA_HUB
+    if hub and (seq_len, per_step) != (PYTHIA_SEQUENCE_LENGTH, PYTHIA_SEQUENCES_PER_STEP):
+        raise ValueError(f"family {spec.name}: the hub's Pythia checkpoints trained on "
+                         f"{PYTHIA_SEQUENCES_PER_STEP} sequences of {PYTHIA_SEQUENCE_LENGTH} targets "
+                         f"per step, got sequence_length={seq_len}, sequences_per_step={per_step}")
+    order = MegatronWindows(Path(spec.data).expanduser(), seq_len, per_step)
+    common = dict(deduped=deduped, sizes=opts.get("sizes"), tokens_per_step=order.tokens_per_step,
+                  context_length=order.context_length)
+    if hub:
+        source = PythiaHubSource(cache_dir=opts.get("cache_dir"), **common)
+    else:
+        source = PythiaHubSource(local_root=Path(spec.checkpoints).expanduser(), mirror_only=True,
+                                 **common)
+    return Family(spec, source, order)

@@ -373,19 +373,50 @@ class PythiaHubSource(CheckpointSource):
     else, with ``endpoint``, ``snapshot_download(..., endpoint=endpoint)`` then from_pretrained
     of that folder; else ``GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-<size>",
     revision="step<N>", cache_dir=cache_dir)`` (honours HF_HUB_OFFLINE / the HF cache).
+
+    ``sizes`` restricts the models listed.  ``mirror_only=True`` (needs ``local_root``) serves a
+    local mirror and nothing else: the models are the ``pythia-<size>`` folders it holds (any
+    size name; one not in :data:`PYTHIA_MODELS` gets its parameter counts from its config.json),
+    the checkpoints are the ``step<N>`` folders holding a config.json, and nothing is fetched.
+    ``tokens_per_step`` / ``context_length`` default to Pythia's (for runs stored this way with
+    other constants).
     """
 
     def __init__(self, cache_dir=None, endpoint: str | None = None, local_root=None,
-                 deduped: bool = False, hub_api=None):
+                 deduped: bool = False, hub_api=None, sizes=None, mirror_only: bool = False,
+                 tokens_per_step: int | None = None, context_length: int | None = None):
         self.cache_dir = None if cache_dir is None else str(Path(cache_dir).expanduser())
         self.endpoint = endpoint
         self.local_root = None if local_root is None else Path(local_root).expanduser()
         self.deduped = bool(deduped)
         self._hub_api = hub_api
+        self.mirror_only = bool(mirror_only)
+        self.tokens_per_step = PYTHIA_TOKENS_PER_STEP if tokens_per_step is None else tokens_per_step
+        self.context_length = PYTHIA_CONTEXT_LENGTH if context_length is None else context_length
+        for k in ("tokens_per_step", "context_length"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        if self.mirror_only and (self.local_root is None or not (self.local_root / "EleutherAI").is_dir()):
+            raise ValueError(f"Pythia mirror {self.local_root}: no EleutherAI/ folder (expected "
+                             f"<root>/EleutherAI/pythia-<size>/step<N>/)")
+        available = self._mirror_sizes() if self.mirror_only else list(PYTHIA_MODELS)
+        if sizes is None:
+            self._sizes = available
+        else:
+            if isinstance(sizes, str) or not all(isinstance(x, str) for x in sizes):
+                raise ValueError(f"sizes must be a list of size names like '70m', got {sizes!r}")
+            missing = [x for x in sizes if x not in available]
+            if missing:
+                where = f"in the mirror {self.local_root}" if self.mirror_only else "in Pythia"
+                raise ValueError(f"Pythia size(s) {missing} not {where}; sizes: "
+                                 f"{', '.join(available) or 'none'}")
+            self._sizes = [x for x in available if x in sizes]
 
     def __repr__(self) -> str:
         return (f"PythiaHubSource(cache_dir={self.cache_dir!r}, endpoint={self.endpoint!r}, "
-                f"local_root={None if self.local_root is None else str(self.local_root)!r})")
+                f"local_root={None if self.local_root is None else str(self.local_root)!r}"
+                f"{', mirror_only=True' if self.mirror_only else ''})")
 
     def _suffix(self) -> str:
         return "-deduped" if self.deduped else ""
@@ -393,9 +424,49 @@ class PythiaHubSource(CheckpointSource):
     def _size(self, model: str) -> str:
         if isinstance(model, str):
             size = model.removeprefix("pythia-").removesuffix(self._suffix())
-            if size in PYTHIA_MODELS and model in (size, f"pythia-{size}{self._suffix()}"):
+            if size in self._sizes and model in (size, f"pythia-{size}{self._suffix()}"):
                 return size
         raise ValueError(f"unknown Pythia model {model!r}; models: {', '.join(self.list_models())}")
+
+    # -- local mirror (mirror_only) -------------------------------------------------------------
+
+    def _mirror_steps(self, size: str) -> list[int]:
+        folder = self.local_root / "EleutherAI" / f"pythia-{size}{self._suffix()}"
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for d in folder.iterdir()
+                      if (m := _STEP_DIR.match(d.name)) and (d / "config.json").is_file())
+
+    def _mirror_sizes(self) -> list[str]:
+        """Sizes with at least one checkpoint in the mirror, smallest first."""
+        found = []
+        for d in (self.local_root / "EleutherAI").iterdir():
+            if not d.is_dir() or not d.name.startswith("pythia-"):
+                continue
+            size = d.name.removeprefix("pythia-")
+            if self.deduped != size.endswith("-deduped"):
+                continue
+            size = size.removesuffix("-deduped")
+            if size and self._mirror_steps(size):
+                found.append(size)
+        return sorted(found, key=lambda z: (self._param_counts(z)[0], z))
+
+    def _param_counts(self, size: str) -> tuple[int, int]:
+        if size in PYTHIA_MODELS:
+            return PYTHIA_MODELS[size]["total_params"], PYTHIA_MODELS[size]["non_embedding_params"]
+        from transformers import GPTNeoXConfig
+
+        from genbound_assets.families.suite import count_params
+
+        return count_params(GPTNeoXConfig.from_dict(self._mirror_config(size)))
+
+    def _mirror_config(self, size: str) -> dict:
+        steps = self._mirror_steps(size)
+        path = self.local_root / "EleutherAI" / f"pythia-{size}{self._suffix()}" / f"step{steps[-1]}" / "config.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is unreadable: {e}") from e
 
     def repo_id(self, model: str) -> str:
         return f"EleutherAI/pythia-{self._size(model)}{self._suffix()}"
@@ -409,26 +480,36 @@ class PythiaHubSource(CheckpointSource):
         return step
 
     def list_models(self) -> list[str]:
-        return [f"pythia-{s}{self._suffix()}" for s in PYTHIA_MODELS]
+        return [f"pythia-{s}{self._suffix()}" for s in self._sizes]
 
     def model_info(self, model: str) -> ModelInfo:
         size = self._size(model)
-        row = PYTHIA_MODELS[size]
-        return ModelInfo(name=f"pythia-{size}{self._suffix()}", n_params=row["total_params"],
-                         n_params_non_embedding=row["non_embedding_params"],
-                         vocab_size=row["padded_vocab"], context_length=PYTHIA_CONTEXT_LENGTH,
-                         tokens_per_step=PYTHIA_TOKENS_PER_STEP)
+        if size in PYTHIA_MODELS:
+            vocab = PYTHIA_MODELS[size]["padded_vocab"]
+        else:
+            vocab = int(self._mirror_config(size)["vocab_size"])
+        n, n_ne = self._param_counts(size)
+        return ModelInfo(name=f"pythia-{size}{self._suffix()}", n_params=n,
+                         n_params_non_embedding=n_ne, vocab_size=vocab,
+                         context_length=self.context_length, tokens_per_step=self.tokens_per_step)
 
     def list_checkpoints(self, model: str) -> list[CheckpointRef]:
         name = self.model_info(model).name
+        if self.mirror_only:
+            size = self._size(model)
+            return [CheckpointRef(model=name, step=s, tokens_seen=s * self.tokens_per_step,
+                                  location=str(self._local_folder(model, s)))
+                    for s in self._mirror_steps(size)]
         repo = self.repo_id(model)
-        return [CheckpointRef(model=name, step=s, tokens_seen=s * PYTHIA_TOKENS_PER_STEP,
+        return [CheckpointRef(model=name, step=s, tokens_seen=s * self.tokens_per_step,
                               location=f"{repo}@step{s}") for s in PYTHIA_STEPS]
 
     def checkpoint(self, model: str, step: int) -> CheckpointRef:
+        if self.mirror_only:
+            return super().checkpoint(model, step)
         step = self._check_step(step)
         return CheckpointRef(model=self.model_info(model).name, step=step,
-                             tokens_seen=step * PYTHIA_TOKENS_PER_STEP,
+                             tokens_seen=step * self.tokens_per_step,
                              location=f"{self.repo_id(model)}@step{step}")
 
     def _local_folder(self, model: str, step: int) -> Path | None:
@@ -439,7 +520,7 @@ class PythiaHubSource(CheckpointSource):
 
     def local_dir(self, ref: CheckpointRef) -> Path | None:
         folder = self._local_folder(ref.model, ref.step)
-        if folder is not None:
+        if folder is not None or self.mirror_only:
             return folder
         from huggingface_hub import try_to_load_from_cache
 
@@ -464,7 +545,7 @@ class PythiaHubSource(CheckpointSource):
 
     def load_model(self, model: str, step: int, dtype=torch.float32,
                    attn_implementation: str | None = "eager", device="cpu"):
-        step = self._check_step(step)
+        step = self.checkpoint(model, step).step if self.mirror_only else self._check_step(step)
         _check_dtype(dtype)
         _check_attn(attn_implementation)
         folder = self._local_folder(model, step)
