@@ -2,6 +2,8 @@
 
 ``workspace.yaml`` points ``dagster dev`` here; ``genbound ui`` runs that with the store's URL
 exported.  The project config ([tool.dg] in pyproject.toml) names ``genbound_assets.defs``.
+The family registry (families/registry.py) is read when the definitions are built: after
+``genbound family add``, reload the code location (the UI's "Reload" button).
 """
 
 from __future__ import annotations
@@ -10,4 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
-defs: dg.Definitions = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+
+def build_defs() -> dg.Definitions:
+    """Build the definitions now (tests and the demo rebuild them after changing the registry)."""
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+
+
+defs: dg.Definitions = build_defs()

@@ -67,10 +67,10 @@ def _execute(defs, instance, selection, tags=None, partition_key=None):
     return result
 
 
-def run_demo(engine, instance, echo: Callable[[str], None] = print, *, families=None) -> dict:
+def run_demo(engine, instance, echo: Callable[[str], None] = print, *, families=None, defs=None) -> dict:
     """Materialize the whole graph for every registered family (module docstring).  Returns
     {family: [per-size summary rows]}."""
-    from genbound_assets.definitions import defs
+    from genbound_assets.definitions import build_defs
     from genbound_assets.defs.families.partitions import (
         BOUND_ASSETS,
         CHECKPOINT_ASSETS,
@@ -82,6 +82,7 @@ def run_demo(engine, instance, echo: Callable[[str], None] = print, *, families=
     from genbound_assets.defs.families.watch import plan_tick
     from genbound_assets.families.inventory import selected_steps, train_tokens
 
+    defs = defs or build_defs()
     genbound = GenboundResource()
     settings = genbound.settings()
     out = {}

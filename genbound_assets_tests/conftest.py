@@ -129,3 +129,16 @@ def pg_clean(pg_engine):
     """``pg_engine`` with every genbound table emptied before the test."""
     truncate_all(pg_engine)
     return pg_engine
+
+
+@pytest.fixture(scope="session")
+def micro_suite_root():
+    """The micro suite (genbound_assets_tests/micro.py), trained once per session; copy it
+    (micro.copy_suite) before changing it."""
+    from genbound_assets_tests.micro import train_micro
+
+    root = _private_tmp("genbound-micro-")
+    try:
+        yield train_micro(root / "suite")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
