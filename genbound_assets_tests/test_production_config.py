@@ -93,7 +93,11 @@ def prod_pg() -> Iterator[ProdPostgres]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # postgres refuses to run as root
         import pwd
 
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         ensure_user_exists("pgserver")
         ensure_prefix_permissions(root)
@@ -323,12 +327,20 @@ def wait_for_run(gql: GraphQL, run_id: str, services: Sequence[Service], timeout
 # --------------------------------------------------------------------------------------------
 
 
-def test_production_config_materializes_through_daemon_and_code_server(prod_pg):
+@pytest.fixture
+def work() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="genbound-prod-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_production_config_materializes_through_daemon_and_code_server(prod_pg, work):
     t0 = time.monotonic()
     run_initdb_scripts(prod_pg)
     run_initdb_scripts(prod_pg)  # idempotent: a second run leaves the database alone
 
-    work = Path(tempfile.mkdtemp(prefix="genbound-prod-"))
     home, data, logs = work / "dagster_home", work / "data", work / "logs"
     for d in (home, data, logs):
         d.mkdir()
@@ -419,6 +431,5 @@ def test_production_config_materializes_through_daemon_and_code_server(prod_pg):
                              env=dump_env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert f"CREATE TABLE public.{table} " in out.stdout, f"{db}: no {table} in the dump"
-    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"services_up_s": round(t_up, 1), "run_done_s": round(t_run, 1),
                       "total_s": round(time.monotonic() - t0, 1)}))
