@@ -157,7 +157,7 @@ def test_security_defaults():
     (port,) = cfg["services"]["webserver"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["target"] == 3000
     # with no .env at all (only the two required credentials) the UI still binds loopback
-    env = {"POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p"}
+    env = {"POSTGRES_USER": "u", "POSTGRES_PASSWORD": "changeme"}
     (port,) = resolved(env=env, env_file=None)["services"]["webserver"]["ports"]
     assert port["host_ip"] == "127.0.0.1"
 
