@@ -220,8 +220,11 @@ def test_every_instance_variable_is_set_where_the_instance_loads():
 
 
 def test_data_volumes_are_where_genbound_looks():
-    code = resolved()["services"]["codeserver"]
+    svc = resolved()["services"]
+    code = svc["codeserver"]
     env = code["environment"]
+    migrate = {v["target"]: v["source"] for v in svc["migrate"]["volumes"] if v["type"] == "volume"}
+    assert migrate[env["GENBOUND_DATA_DIR"]] == "artifacts"  # setup-db keeps the reader password there
     mounts = {v["target"]: v["source"] for v in code["volumes"] if v["type"] == "volume"}
     assert mounts[env["GENBOUND_DATA_DIR"]] == "artifacts"
     assert mounts[env["GENBOUND_CACHE_DIR"]] == "datasets"

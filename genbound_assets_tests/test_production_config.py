@@ -145,6 +145,29 @@ def run_initdb_scripts(pg: ProdPostgres) -> None:
         assert out.returncode == 0, f"{script.name}: {out.stderr.strip()}"
 
 
+def check_databases_closed_to_public(pg: ProdPostgres) -> None:
+    """After the init script a login role reaches a database only once granted CONNECT on it."""
+    probe, probe_pw = "probe_" + secrets.token_hex(3), secrets.token_hex(12)
+    admin = sa.create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {probe} LOGIN PASSWORD '{probe_pw}'")
+    try:
+        for db in (pg.dagster_db, pg.genbound_db):
+            url = f"postgresql+psycopg2://{probe}:{probe_pw}@{pg.host}:{pg.port}/{db}"
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with pytest.raises(sa.exc.OperationalError, match="permission denied for database"):
+                engine.connect().close()
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{db}" TO {probe}')
+            engine.connect().close()  # granted: now it connects
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'REVOKE CONNECT ON DATABASE "{db}" FROM {probe}')
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {probe}")
+        admin.dispose()
+
+
 # --------------------------------------------------------------------------------------------
 # The three Dagster processes
 
@@ -244,9 +267,10 @@ def wait_for_code_server(port: int, services: Sequence[Service], timeout: float)
         dead = [s for s in services if s.proc.poll() is not None]
         assert not dead, "exited early:\n" + "\n".join(s.tail() for s in dead)
         try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()  # listening yet?
             if client.health_check_query() == "SERVING":
                 return
-        except Exception as e:  # UNAVAILABLE until the server listens
+        except Exception as e:  # refused / UNAVAILABLE until the server listens
             last = " ".join(str(e).split())[:200]
         time.sleep(0.5)
     raise AssertionError(f"code server on {port} not serving: {last}\n" + "\n".join(s.tail() for s in services))
@@ -340,6 +364,7 @@ def test_production_config_materializes_through_daemon_and_code_server(prod_pg, 
     t0 = time.monotonic()
     run_initdb_scripts(prod_pg)
     run_initdb_scripts(prod_pg)  # idempotent: a second run leaves the database alone
+    check_databases_closed_to_public(prod_pg)
 
     home, data, logs = work / "dagster_home", work / "data", work / "logs"
     for d in (home, data, logs):
