@@ -49,7 +49,8 @@ SECRET_KEY = (r"(?i)(?<![A-Za-z0-9])[\w.\-]*(?:password|passwd|secret|token|api_
               r"|private_?key)")
 # a quoted value counts only when it is the whole right-hand side ("svc_" + x is an expression)
 ASSIGN_QUOTED = re.compile(SECRET_KEY + r"""['"]?\s*[:=]\s*(?P<q>['"])(?P<v>(?:(?!(?P=q)).)*)(?P=q)(?=\s*(?:[,;)\]}#]|$))""")
-ASSIGN_BARE = re.compile(SECRET_KEY + r"""['"]?\s*[:=][ \t]*(?P<v>[^\s'"#,;]*)""")
+ASSIGN_BARE = re.compile(SECRET_KEY + r"""['"]?\s*[:=][ \t]*(?P<v>[^\s'"`#,;]*)""")
+REFERENCE = re.compile(r"\$\{[^}]*\}")  # ${VAR:?message}: a key inside a reference is not assigned
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ def scan_text(path: str, text: str) -> list[Finding]:
         for m in URL_CREDENTIALS.finditer(line):
             if not is_placeholder(m.group("pw")):
                 findings.append(Finding(path, n, "credentials in a URL"))
-        assignments = list(ASSIGN_QUOTED.finditer(line))
+        unreferenced = REFERENCE.sub("${}", line)
+        assignments = list(ASSIGN_QUOTED.finditer(unreferenced))
         if not is_python and not assignments:
-            assignments = list(ASSIGN_BARE.finditer(line))
+            assignments = list(ASSIGN_BARE.finditer(unreferenced))
         for m in assignments:
             if not is_placeholder(m.group("v")) and not URL_CREDENTIALS.search(m.group("v")):
                 findings.append(Finding(path, n, "literal value for a secret key"))
@@ -137,6 +139,7 @@ PLANTED = {  # each line is a secret the scan must report   secret-scan: allow
 IGNORED = {  # placeholders and references: the scan must stay quiet
     ".env.example": "POSTGRES_PASSWORD=changeme\nPOSTGRES_USER=genbound\nGENBOUND_PROFILE=\n",
     "compose.yaml": ("      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it}\n"
+                     "  test: ${POSTGRES_PASSWORD:-} and `POSTGRES_PASSWORD=changeme`\n"
                      "  GENBOUND_DATABASE_URL: postgresql+psycopg2://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/g\n"),
     "dagster.yaml": "      password:\n        env: DAGSTER_POSTGRES_PASSWORD\n",
     "values.yaml": 'postgresqlPassword: ""\n  postgresqlSecretName: dagster-postgresql-secret\n',
