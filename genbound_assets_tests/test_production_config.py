@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _free_port() -> int:
@@ -360,6 +359,22 @@ def work() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def test_partition_tags_are_dagsters_own():
+    """The tags launch_materialization sends select the same partition as Dagster's own tags."""
+    import dagster as dg
+
+    multi = dg.MultiPartitionsDefinition({"step": dg.DynamicPartitionsDefinition(name="steps"),
+                                          "model": dg.DynamicPartitionsDefinition(name="models")})
+    key = {"step": "step1000", "model": "pythia-70m"}
+    expected = multi.get_tags_for_partition_key(dg.MultiPartitionKey(key))
+    assert {t["key"]: t["value"] for t in partition_tags(key)} == expected
+    single = dg.StaticPartitionsDefinition(["a", "b"])
+    assert {t["key"]: t["value"] for t in partition_tags("b")} == single.get_tags_for_partition_key("b")
+    assert partition_tags(None) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_production_config_materializes_through_daemon_and_code_server(prod_pg, work):
     t0 = time.monotonic()
     run_initdb_scripts(prod_pg)
