@@ -10,4 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 
-defs: dg.Definitions = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+from genbound_assets.defs.sql.lineage import link_table_lineage
+
+# SQL view assets depend on the assets that declare they write the tables the views read
+# (metadata "genbound/writes", docs/sql.md); this needs every asset, hence after loading.
+defs: dg.Definitions = link_table_lineage(
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+)
