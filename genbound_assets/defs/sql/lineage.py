@@ -85,7 +85,11 @@ def link_table_lineage(defs: dg.Definitions) -> dg.Definitions:
     Every dep on ``table/<name>`` becomes deps on the writers of ``<name>``; tables without a
     writer keep the dep and get a :func:`table_spec` (added here).
     """
-    specs = list(defs.resolve_all_asset_specs())
+    # the specs as declared (no repository resolution: that validates resources, and happens
+    # once later when Dagster loads the result)
+    specs = [spec for a in defs.assets or []
+             for spec in (a.specs if isinstance(a, dg.AssetsDefinition) else [a])
+             if isinstance(spec, dg.AssetSpec)]
     writers = writers_by_table(specs)
     defined = {s.key for s in specs}
     unclaimed: set[str] = set()
