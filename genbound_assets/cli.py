@@ -56,7 +56,7 @@ def store_errors(fn):
 def main() -> None:
     """genbound: provable token-level generalization bounds for LLM checkpoint families.
 
-    The store is Postgres: $GENBOUND_DATABASE_URL (postgresql+psycopg2://...) or, when unset,
+    The store is Postgres: $GENBOUND_DATABASE_URL (postgresql://...) or, when unset,
     an embedded server under $GENBOUND_DATA_DIR (default ~/.local/share/genbound).
     """
 
