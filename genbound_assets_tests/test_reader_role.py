@@ -147,9 +147,12 @@ def _scram_matches(stored: str, password: str) -> bool:
 
 def test_password_comes_from_the_env_or_a_private_file(store, monkeypatch):
     def verifier() -> str:
-        with store.connect() as conn:
-            return conn.execute(sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = :r"),
-                                {"r": READER_ROLE}).scalar_one()
+        try:
+            with store.connect() as conn:
+                return conn.execute(sa.text("SELECT rolpassword FROM pg_authid WHERE rolname = :r"),
+                                    {"r": READER_ROLE}).scalar_one()
+        except sa.exc.ProgrammingError:  # an external test database without superuser rights
+            pytest.skip("pg_authid is readable by superusers only")
 
     path = reader_password_file()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -211,5 +211,16 @@ def test_figures_draw_the_stored_numbers(pg_clean):
         if r["method"] == "freedman_decomposed" and r["certified"]
         and r["step"] == facts["steps"][r["model"]]["optimal"])
     assert [round(tops[x], 9) for x in sorted(tops)] == [round(b, 9) for _, b in expected]
-    assert ax.get_ylabel() == "nats per token" and ax.get_legend() is not None
-    assert pl.Series([t.get_text() for t in ax.get_legend().get_texts()]).str.contains("smoothing").any()
+    assert ax.get_ylabel() == "nats per token"
+    # the right panel stacks the same terms without R̂_h: its bars top out at bound - R̂_h
+    gap_tops: dict[float, float] = {}
+    for bar in fig.axes[1].patches:
+        x = round(bar.get_x() + bar.get_width() / 2, 6)
+        gap_tops[x] = max(gap_tops.get(x, 0.0), bar.get_y() + bar.get_height())
+    risks = sorted((r["n_params"], r["empirical_risk"]) for r in facts["bounds"]
+                   if r["method"] == "freedman_decomposed" and r["certified"]
+                   and r["step"] == facts["steps"][r["model"]]["optimal"])
+    assert [round(gap_tops[x], 9) for x in sorted(gap_tops)] == [
+        round(b - r, 9) for (_, b), (_, r) in zip(expected, risks, strict=True)]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert pl.Series(legend).str.contains("smoothing").any() and len(legend) == 6

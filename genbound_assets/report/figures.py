@@ -125,41 +125,55 @@ def _empirical_risk_series(df: pl.DataFrame):
 
 
 def term_breakdown(df: pl.DataFrame):
-    """Fig. 2 (right): stacked additive terms of one bound per size.  Columns: model, n_params,
-    tokens_per_param, term, term_order, value, bound (additive terms only)."""
-    fig = new_figure()
-    ax = fig.add_subplot()
+    """Fig. 2 (right): stacked additive terms of one bound per size (left panel), and the same
+    without the empirical risk, i.e. the generalization gap bound − R̂, zoomed (right panel).
+    Columns: model, n_params, tokens_per_param, term, term_order, value, bound (additive terms
+    only)."""
+    fig = new_figure(10.5, 4.6)
+    full, gap = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     models = (df.group_by("model").agg(pl.col("n_params").first(), pl.col("bound").first(),
                                        pl.col("tokens_per_param").first())
               .sort("n_params"))
     terms = (df.group_by("term").agg(pl.col("term_order").first()).sort("term_order")["term"]
              .to_list())
-    x = np.arange(models.height)
-    pos_base = np.zeros(models.height)
-    neg_base = np.zeros(models.height)
+    values = {}
     for term in terms:
         vals = []
         for m in models["model"]:
             v = df.filter((pl.col("model") == m) & (pl.col("term") == term))["value"]
             vals.append(float(v[0]) if len(v) else 0.0)
-        vals = np.asarray(vals)
-        base = np.where(vals >= 0, pos_base, neg_base)
-        ax.bar(x, vals, 0.6, bottom=base, color=TERM_COLORS.get(term, "#cccccc"),
-               label=TERM_LABELS.get(term, term), edgecolor="white", linewidth=0.5)
-        pos_base = pos_base + np.where(vals >= 0, vals, 0)
-        neg_base = neg_base + np.where(vals < 0, vals, 0)
-    ax.scatter(x, models["bound"].to_numpy(), marker="_", s=600, color="black", zorder=5,
-               label="bound (sum of the terms)")
-    for xi, b in zip(x, models["bound"].to_list(), strict=True):
-        ax.annotate(f"{b:.2f}", (xi, b), xytext=(0, 4), textcoords="offset points",
-                    ha="center", fontsize=8)
-    ax.set_xticks(x, [f"N = {human(n)}\nD/N = {r:.0f}" if r else f"N = {human(n)}"
-                      for n, r in zip(models["n_params"], models["tokens_per_param"], strict=True)])
-    ax.set_xlabel("model size (parameters N; training tokens per parameter D/N)")
-    ax.set_ylabel("nats per token")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        values[term] = np.asarray(vals)
+    x = np.arange(models.height)
+    labels = [f"N = {human(n)}\nD/N = {r:.0f}" if r else f"N = {human(n)}"
+              for n, r in zip(models["n_params"], models["tokens_per_param"], strict=True)]
+    bounds = models["bound"].to_numpy()
+    risk = values.get("empirical_risk", np.zeros(models.height))
+    for ax, shown, tops in ((full, terms, bounds),
+                            (gap, [t for t in terms if t != "empirical_risk"], bounds - risk)):
+        pos_base = np.zeros(models.height)
+        neg_base = np.zeros(models.height)
+        for term in shown:
+            vals = values[term]
+            base = np.where(vals >= 0, pos_base, neg_base)
+            ax.bar(x, vals, 0.6, bottom=base, color=TERM_COLORS.get(term, "#cccccc"),
+                   label=TERM_LABELS.get(term, term), edgecolor="white", linewidth=0.5)
+            pos_base = pos_base + np.where(vals >= 0, vals, 0)
+            neg_base = neg_base + np.where(vals < 0, vals, 0)
+        ax.scatter(x, tops, marker="_", s=500, color="black", zorder=5)
+        for xi, t in zip(x, tops, strict=True):
+            ax.annotate(f"{t:.3f}", (xi, t), xytext=(0, 4), textcoords="offset points",
+                        ha="center", fontsize=8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.12)
+    full.set_title("the bound, stacked from its terms", fontsize=9)
+    gap.set_title("without R̂_h: what the bound adds to the empirical risk", fontsize=9)
+    full.set_ylabel("nats per token")
+    gap.set_ylabel("bound − R̂_h (nats per token)")
+    fig.supxlabel("model size (parameters N; training tokens per parameter D/N)", fontsize=9)
+    handles, names = full.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=8)
     return fig
 
 

@@ -143,8 +143,10 @@ def term_breakdown(engine: Engine, sec: Section, models: Sequence[str] | None) -
         "terms: the float model's empirical risk R̂_h, the random-guess term C·log V, the loss "
         "variation Σ√C, the smoothing cost √(2C), the quantization gap R̂_q − R̂_h and the price "
         "of certifying all D training tokens from a sample. C is the complexity (code length "
-        "plus log(|grid|/δ), divided by D); a term below zero is drawn below the axis. The "
-        "black tick is the bound. Checkpoints closest to D/N = "
+        "plus log(|grid|/δ), divided by D); a term below zero is drawn below the axis. Left: "
+        "the whole bound (black tick, value above it). Right: the same terms without R̂_h, on "
+        "their own scale: the part of the bound that pays for generalization. Checkpoints "
+        "closest to D/N = "
         f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM}; configuration: {config}"
         + (f" (the most common of {n_configs})." if n_configs > 1 else ".")
     )
