@@ -1,4 +1,4 @@
-"""``genbound``: the single entry point (setup-db, sql, demo, ui, stop-db, and the ``suite`` group).
+"""``genbound``: the single entry point (setup-db, sql, report, demo, ui, stop-db, and ``suite``).
 
 User errors (bad URL, unreachable database, SQL errors) print one line to stderr and exit 1;
 they never dump a stack trace.  Heavy imports (dagster, polars) stay inside the commands.
@@ -31,7 +31,8 @@ def _one_line(err: BaseException) -> str:
     orig = getattr(err, "orig", None) or err
     text = getattr(orig, "pgerror", None) or str(orig) or type(orig).__name__
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return " ".join(lines[0].split()) if lines else type(orig).__name__
+    first = " ".join(lines[0].split()) if lines else type(orig).__name__
+    return first[len("ERROR: "):] if first.startswith("ERROR: ") else first
 
 
 def store_errors(fn):
@@ -55,7 +56,7 @@ def store_errors(fn):
 def main() -> None:
     """genbound: provable token-level generalization bounds for LLM checkpoint families.
 
-    The store is Postgres: $GENBOUND_DATABASE_URL (postgresql+psycopg2://...) or, when unset,
+    The store is Postgres: $GENBOUND_DATABASE_URL (postgresql://...) or, when unset,
     an embedded server under $GENBOUND_DATA_DIR (default ~/.local/share/genbound).
     """
 
@@ -63,16 +64,27 @@ def main() -> None:
 @main.command("setup-db")
 @store_errors
 def setup_db() -> None:
-    """Start/attach the store, create the schema (idempotent) and the views."""
+    """Start/attach the store, create the schema (idempotent), the views and the read-only role."""
     engine = storage.get_engine()
     added = storage.create_schema(engine)  # additive migrations, if this code is newer
-    views = storage.create_views(engine)
+    views = storage.create_views_report(engine)
+    reader = storage.setup_reader(engine)
     counts = storage.table_counts(engine)
     click.echo(f"store: {storage.describe_url(engine.url.render_as_string(hide_password=False))}")
     if added:
         click.echo(f"added: {', '.join(added)}")
     _print_counts(counts)
-    click.echo(f"views: {', '.join(views) if views else '(none)'}")
+    click.echo(f"views: {', '.join(views.created) if views.created else '(none)'}")
+    pw_from = (f"${storage.READER_PASSWORD_ENV}" if os.environ.get(storage.READER_PASSWORD_ENV, "").strip()
+               else str(storage.reader.reader_password_file()))
+    click.echo(f"read-only role: {reader.role} ({'created' if reader.created else 'updated'}; "
+               f"password from {pw_from}; `genbound sql --url` prints its URL)")
+    for w in reader.warnings:
+        click.echo(f"genbound: warning: {w}", err=True)
+    for msg in views.failed.values():
+        click.echo(f"genbound: error: view not created: {msg}", err=True)
+    if views.failed:
+        sys.exit(1)
 
 
 def _print_counts(counts: dict[str, int]) -> None:
@@ -103,24 +115,65 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
     click.echo(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
 
 
+def _json_value(v):
+    import datetime as dt
+    import decimal
+    import uuid
+
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, decimal.Decimal):
+        return _json_value(float(v)) if not v.is_finite() or v != v.to_integral_value() else int(v)
+    if isinstance(v, dt.datetime | dt.date | dt.time):
+        return v.isoformat()
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    if isinstance(v, uuid.UUID | memoryview | bytes):
+        return bytes(v).hex() if not isinstance(v, uuid.UUID) else str(v)
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    return v
+
+
 @main.command("sql")
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of an aligned table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of objects (one per row; NaN/Infinity as strings).")
+@click.option("--url", "print_url", is_flag=True,
+              help="Print the read-only role's connection URL (for psql, pandas, BI tools) and exit.")
 @store_errors
-def sql(query: str, as_csv: bool) -> None:
-    """Run QUERY against the store and print the result (committed if it changes data)."""
+def sql(query: str | None, as_csv: bool, as_json: bool, print_url: bool) -> None:
+    """Run QUERY as the read-only role genbound_reader and print the result.
+
+    Writes (INSERT, UPDATE, DELETE, CREATE, DROP, TRUNCATE, ...) are refused by PostgreSQL:
+    the role may only read.  Use psql or Python with the store's own URL to change data.
+    """
     from sqlalchemy.exc import DBAPIError
 
-    engine = storage.get_engine()
+    if as_csv and as_json:
+        _fail("--csv and --json are exclusive")
+    if print_url:
+        engine = storage.reader_engine()
+        click.echo("postgresql://" + engine.url.render_as_string(hide_password=False).split("://", 1)[1])
+        return
+    if not query:
+        _fail("give a QUERY (or --url)")
+    engine = storage.reader_engine()
     try:
         with engine.begin() as conn:
-            # exec_driver_sql: the text goes to Postgres as is (no ':name' or '%' processing)
-            result = conn.exec_driver_sql(query)
-            if result.returns_rows:
-                columns = list(result.keys())
-                rows = [tuple(r) for r in result.fetchall()]
-            else:
-                columns, rows = None, result.rowcount
+            # sent verbatim: no ':name' or '%' processing by SQLAlchemy or psycopg2
+            cursor = storage.views.execute_verbatim(conn, query)
+            try:
+                if cursor.description is not None:
+                    columns = [d.name for d in cursor.description]
+                    rows = [tuple(r) for r in cursor.fetchall()]
+                else:
+                    columns, rows = None, cursor.rowcount
+            finally:
+                cursor.close()
     except DBAPIError as e:
         if e.connection_invalidated:
             raise storage.db.connection_error(str(engine.url.render_as_string(False)), e) from None
@@ -133,8 +186,29 @@ def sql(query: str, as_csv: bool) -> None:
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(columns)
         w.writerows([[_fmt(v) for v in r] for r in rows])
+    elif as_json:
+        import json
+
+        records = [dict(zip(columns, (_json_value(v) for v in r), strict=True)) for r in rows]
+        # one object per line: valid JSON that also reads (and greps) line by line
+        lines = [json.dumps(r, ensure_ascii=False) for r in records]
+        click.echo("[\n" + ",\n".join(lines) + "\n]" if lines else "[]")
     else:
         _print_table(columns, rows)
+
+
+@main.command("report")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: <data dir>/report.html).")
+@store_errors
+def report(output: Path | None) -> None:
+    """Write the HTML report (figures inline, no external resources) and print its path."""
+    from genbound_assets.report import write_report
+
+    engine = storage.get_engine()
+    storage.create_views(engine)  # the sections read the views
+    path = write_report(engine, output)
+    click.echo(str(path))
 
 
 @main.command("demo")

@@ -12,10 +12,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from genbound_assets.defs.sql.lineage import link_table_lineage
+
 
 def build_defs() -> dg.Definitions:
-    """Build the definitions now (tests and the demo rebuild them after changing the registry)."""
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    """Build the definitions now (tests and the demo rebuild them after changing the registry).
+
+    SQL view assets depend on the assets that declare they write the tables the views read
+    (metadata "genbound/writes", docs/sql.md); this needs every asset, hence after loading."""
+    return link_table_lineage(dg.load_from_defs_folder(path_within_project=Path(__file__).parent))
 
 
 defs: dg.Definitions = build_defs()

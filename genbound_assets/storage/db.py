@@ -3,7 +3,8 @@
 Resolution order for the URL (see docs/storage.md):
 
 1. an explicit ``url`` argument (e.g. a Dagster resource's config),
-2. ``GENBOUND_DATABASE_URL`` (must be ``postgresql+psycopg2://...``),
+2. ``GENBOUND_DATABASE_URL`` (``postgresql+psycopg2://...``; a plain ``postgresql://`` or
+   ``postgres://`` URL is accepted and used with psycopg2),
 3. otherwise an *embedded* PostgreSQL started with ``pgserver`` in ``<data dir>/pg``, where the
    data dir is ``GENBOUND_DATA_DIR`` or ``~/.local/share/genbound``.  The embedded server is left
    running when the process exits, so later commands (and Dagster's run workers) reuse it;
@@ -55,8 +56,18 @@ def describe_url(url: str) -> str:
         return url.split("://", 1)[0] + "://…" if "://" in url else "<unparsable>"
 
 
+PLAIN_SCHEMES = ("postgresql", "postgres")
+
+
 def validate_url(url: str, source: str = DATABASE_URL_ENV) -> str:
-    """Return ``url`` if it is a ``postgresql+psycopg2://`` URL, else raise a one-line StoreError."""
+    """Return ``url`` as a ``postgresql+psycopg2://`` URL, else raise a one-line StoreError.
+
+    A plain ``postgresql://`` or ``postgres://`` URL (what psql, libpq and most hosting
+    providers hand out) is rewritten to ``postgresql+psycopg2://``: SQLAlchemy 2.1 would map it
+    to psycopg 3, which genbound does not install.  Only the scheme changes (host, password,
+    query string such as ``?sslmode=require`` or ``?host=/socket/dir`` stay byte for byte).
+    Any other scheme or driver is refused with a message naming ``source``.
+    """
     url = url.strip()
     try:
         parsed = make_url(url)
@@ -65,13 +76,12 @@ def validate_url(url: str, source: str = DATABASE_URL_ENV) -> str:
             f"{source} is not a database URL ({describe_url(url)!r}); "
             f"expected {DRIVER}://user:password@host:port/dbname"
         ) from None
+    if parsed.drivername in PLAIN_SCHEMES:
+        return DRIVER + "://" + url.split("://", 1)[1]
     if parsed.drivername != DRIVER:
-        hint = ""
-        if parsed.drivername in ("postgresql", "postgres"):
-            hint = " (SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which genbound does not use)"
         raise StoreError(
-            f"{source} must use the {DRIVER}:// driver, got {parsed.drivername}://{hint}: "
-            f"write {DRIVER}://user:password@host:port/dbname"
+            f"{source} must be a PostgreSQL URL (postgresql://, postgres:// or {DRIVER}://), "
+            f"got {parsed.drivername}://: write postgresql://user:password@host:port/dbname"
         )
     return url
 
@@ -150,7 +160,11 @@ def database_url(url: str | None = None, *, start: bool = True) -> str:
 
 def _source_of(url: str) -> str:
     env = os.environ.get(DATABASE_URL_ENV, "").strip()
-    if env and env == url:
+    try:
+        env_resolved = validate_url(env) if env else ""
+    except StoreError:
+        env_resolved = ""
+    if env and url in (env, env_resolved):
         return f"{DATABASE_URL_ENV}={describe_url(url)}"
     if "host=" in url and url.startswith(f"{DRIVER}://postgres:@/"):
         return f"the embedded server ({describe_url(url)})"
