@@ -212,21 +212,18 @@ def report(output: Path | None) -> None:
 
 
 @main.command("demo")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Suite folder (default: $GENBOUND_DATA_DIR/suite).")
 @click.option("--corpus", type=click.Choice(["brown", "synthetic"]), default="brown",
               show_default=True, help="Corpus to train the suite on when it is missing.")
 @click.option("--quick", is_flag=True, help="Two smallest sizes only (a smoke test).")
-@click.option("--sample-size", type=click.IntRange(min=10), default=2000, show_default=True,
-              help="m, the bound's token-context pairs per checkpoint.")
 @click.pass_context
 @store_errors
-def demo(ctx: click.Context, root: Path | None, corpus: str, quick: bool, sample_size: int) -> None:
-    """Train the local suite if missing, then certify each size's compute-optimal checkpoint.
+def demo(ctx: click.Context, corpus: str, quick: bool) -> None:
+    """Train the local suite if missing, then materialize the whole asset graph.
 
-    Every model's checkpoints are registered with their integrity status, the bound's token
-    sample is drawn once, and each size's checkpoint at D* = 20 N gets its certified bounds
-    (Thm 3.4 decomposed, direct, Azuma baseline) written to the store.
+    The same Dagster definitions as `genbound ui`, the sensor and the schedule, on a persistent
+    instance under the data dir: every checkpoint's inventory and loss-curve point, the
+    quantization, token losses and certificates of the selected checkpoints, the model-level
+    assets, the SQL views.  Settings: GENBOUND_PROFILE and GENBOUND_<SETTING> (docs/dagster.md).
     """
     import time
 
@@ -234,14 +231,14 @@ def demo(ctx: click.Context, root: Path | None, corpus: str, quick: bool, sample
     engine = storage.get_engine()
     click.echo(f"demo: store at {storage.describe_url(engine.url.render_as_string(False))}")
     storage.create_schema(engine)
-    views = storage.create_views(engine)
-    click.echo(f"demo: schema ready ({len(storage.TABLES)} tables, views: {', '.join(views) or '-'})")
+    storage.create_views(engine)
 
     from genbound_assets.cli_suite import train as suite_train
-    from genbound_assets.demo import DemoSettings, run_demo, suite_ready
+    from genbound_assets.demo import demo_instance, print_summary, run_demo, suite_ready
+    from genbound_assets.families.registry import families_file
     from genbound_assets.families.suite import DEMO_SIZES, QUICK_SIZES, default_data_dir
 
-    root = (root or default_data_dir() / "suite").expanduser()
+    root = default_data_dir() / "suite"
     sizes = list(QUICK_SIZES if quick else DEMO_SIZES)
     if suite_ready(root, sizes):
         click.echo(f"demo: suite at {root} is complete for {', '.join(sizes)}; not retraining")
@@ -250,13 +247,16 @@ def demo(ctx: click.Context, root: Path | None, corpus: str, quick: bool, sample
         missing = [s for s in sizes if not (root / s).is_dir()]
         ctx.invoke(suite_train, root=root, corpus=corpus, sizes=",".join(missing) if missing
                    and len(missing) < len(sizes) else None, quick=quick and len(missing) == len(sizes))
-    certs = run_demo(engine, root, DemoSettings(n_sample=sample_size), echo=click.echo)
-    ok = [c for c in certs if c.status == "ok"]
-    click.echo(f"demo: done in {time.perf_counter() - t0:.0f} s: {len(ok)} of {len(certs)} "
-               "compute-optimal checkpoints certified; inspect them with")
-    click.echo("  genbound sql \"select model, step, method, code_length_method, certified, "
-               "round(bound::numeric, 3) as bound from bounds order by model, method\"")
-    click.echo("  genbound ui   (Dagster)")
+    if families_file().exists():
+        click.echo(f"demo: families from {families_file()}")
+    instance = demo_instance(storage.data_dir() / "dagster_home")
+    click.echo(f"demo: Dagster instance at {instance.root_directory}")
+    summary = run_demo(engine, instance, echo=click.echo)
+    print_summary(summary, echo=click.echo)
+    click.echo(f"demo: done in {time.perf_counter() - t0:.0f} s.  Next:")
+    click.echo("  genbound ui       the asset graph, every materialization with its plots")
+    click.echo("  genbound report   one HTML file with every figure")
+    click.echo("  genbound sql \"select * from bound_breakdown\"")
 
 
 def ui_command(host: str, port: int, workspace: Path) -> tuple[list[str], dict[str, str]]:

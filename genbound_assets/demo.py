@@ -191,3 +191,32 @@ def summary_rows(engine, models: list[str]) -> list[dict]:
             row["ratio"] = (h["bound"] - r_h) / (paper["bound"] - r_h)
         rows.append(row)
     return rows
+
+
+def print_summary(summary: dict, echo: Callable[[str], None] = print) -> None:
+    """The per-size table of the demo (nats/token; gap ratio = headline gap / paper-recipe gap)."""
+    cols = ["model", "N", "D", "R_h", "C_logV", "Sigma_sqrtC", "sqrt_2C", "quant_gap",
+            "headline", "decomposed", "azuma", "paper_recipe", "ratio"]
+    for fam, rows in summary.items():
+        if not rows:
+            echo(f"demo: {fam}: no compute-optimal checkpoint bounded")
+            continue
+        echo(f"demo: {fam}: at each size's compute-optimal checkpoint (D* = 20 N), nats/token, "
+             "delta = each row's; ratio = (headline - R_h) / (paper recipe - R_h)")
+
+        def fmt(v):
+            if v is None:
+                return "-"
+            if isinstance(v, float):
+                return f"{v:.3f}"
+            if isinstance(v, int):
+                return f"{v:,}"
+            return str(v)
+
+        cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+        echo("  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+        for x in cells:
+            echo("  " + "  ".join(v.rjust(w) for v, w in zip(x, widths, strict=True)))
+        for r in rows:
+            echo(f"  {r['model']}: step {r['step']}, headline config {r['config']}")

@@ -33,7 +33,8 @@ def _apply(instance, result):
 
 def _tick(defs, instance, cursor=None):
     sensor = defs.get_sensor_def("new_checkpoints")
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                  resources=defs.get_repository_def().get_top_level_resources())
     result = sensor(ctx)
     _apply(instance, result)
     return result
