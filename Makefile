@@ -16,7 +16,7 @@ PIP         := $(BIN)/python -m pip
 CORES       := $(shell nproc 2>/dev/null || echo 2)
 export GPTQMODEL_CPU_WORKERS ?= $(CORES)
 
-.PHONY: setup demo test lint ui clean-venv
+.PHONY: setup demo test lint ui ui-check clean-venv
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ lint: setup
 
 ui: setup
 	$(BIN)/genbound ui
+
+# after `make demo`: screenshots of the UI under <data dir>/ui-check/ (installs chromium; not in CI)
+ui-check: setup
+	scripts/ui_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

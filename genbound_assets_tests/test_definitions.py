@@ -88,6 +88,50 @@ def test_ui_command_runs_dagster_dev_on_the_store(pg_engine, pg_url, tmp_path, m
         ui_command("127.0.0.1", 4321, tmp_path / "missing.yaml")
 
 
+def wait_loaded(port: int, proc, log_path: Path, timeout: float = 150) -> list:
+    """Poll the webserver's GraphQL until the code location is LOADED (or fail with its log)."""
+    entries, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/graphql",
+                data=json.dumps({"query": LOCATIONS_QUERY}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                body = json.load(resp)
+            entries = body["data"]["workspaceOrError"]["locationEntries"]
+            if entries and entries[0]["loadStatus"] == "LOADED":
+                break
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    assert entries and entries[0]["loadStatus"] == "LOADED", log_path.read_text()[-3000:]
+    assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", entries
+    return entries
+
+
+def _stop(proc, log) -> None:
+    """SIGTERM the process group, wait, SIGKILL stragglers; fail if anything survived."""
+    started = []
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(started, timeout=15)
+    for p in alive:
+        p.kill()
+    log.close()
+    assert not alive, f"left running after SIGTERM: {alive}"
+
+
 @pytest.mark.timeout(180)
 def test_webserver_serves_the_code_location(pg_engine, pg_url, tmp_path, monkeypatch):
     from genbound_assets.cli import ui_command

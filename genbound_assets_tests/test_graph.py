@@ -125,3 +125,64 @@ def test_bounds_at_another_delta_load_no_model(graph, monkeypatch):
                              "AND NOT interpolated ORDER BY model, step")
     assert set(new["delta"].to_list()) == {0.05}
     assert (new["bound"] < old["bound"]).all()        # a larger delta gives a smaller bound
+
+
+GRAPH_QUERY = """{
+  assetNodes {
+    assetKey { path }
+    isPartitioned
+    partitionKeysByDimension { name partitionKeys }
+    assetChecksOrError { __typename ... on AssetChecks { checks { name blocking } } }
+  }
+}"""
+MATERIALIZATIONS_QUERY = """query($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) { __typename ... on Asset {
+    assetMaterializations(limit: 500) { partition runId } } }
+}"""
+
+
+@pytest.mark.timeout(240)
+def test_webserver_graphql_shows_the_graph_and_the_demo(graph, pg_url, tmp_path):
+    """dagster-webserver on the demo's instance: every asset, its partitions and checks, and
+    the demo's materializations, found over GraphQL."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from genbound_assets_tests.test_definitions import REPO, _free_port, _restore_signals, _stop
+
+    defs, instance, engine, _, _ = graph
+    port = _free_port()
+    env = dict(os.environ, DAGSTER_HOME=instance.root_directory, GENBOUND_DATABASE_URL=pg_url)
+    log = open(tmp_path / "web.log", "w")  # noqa: SIM115 - closed by _stop
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
+         "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_restore_signals)
+    try:
+        from genbound_assets_tests.test_definitions import wait_loaded
+
+        wait_loaded(port, proc, tmp_path / "web.log")
+        from dagster_graphql import DagsterGraphQLClient
+
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        nodes = client._execute(GRAPH_QUERY)["assetNodes"]  # noqa: SLF001
+        by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+        repo = defs.get_repository_def()
+        assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} <= set(by_key)
+        ckpt = by_key[f"{FAMILY}/checkpoint_bounds"]
+        dims = {d["name"]: d["partitionKeys"] for d in ckpt["partitionKeysByDimension"]}
+        assert sorted(dims["model"]) == ["m-a", "m-b"] and len(dims["step"]) >= 3
+        checks = {c["name"]: c["blocking"] for c in ckpt["assetChecksOrError"]["checks"]}
+        assert checks == {"certified_bounds_sane": True}
+        for name, check in (("checkpoint", "integrity_clean"), ("quantized_model", "honest_code_length"),
+                            ("token_losses", "complete_and_finite")):
+            got = {c["name"] for c in by_key[f"{FAMILY}/{name}"]["assetChecksOrError"]["checks"]}
+            assert got == {check}
+        for k in repo.asset_graph.get_all_asset_keys():
+            res = client._execute(MATERIALIZATIONS_QUERY, {"key": {"path": list(k.path)}})  # noqa: SLF001
+            mats = res["assetOrError"]["assetMaterializations"]
+            assert mats, f"{k.to_user_string()} shows no materialization"
+    finally:
+        _stop(proc, log)
