@@ -14,12 +14,12 @@ alpha is picked from a fixed grid after seeing the data, so L(h) -> L(h) + log |
 all D tokens is replaced by the mean over m pairs drawn uniformly with replacement plus a Hoeffding
 correction Delta_azuma sqrt(log(|grid|/delta_sub) / (2m)) (the alpha choice is paid here too).
 
-Sampled windows (``groups=``; docs/bounds-accounting.md §8): when a draw is a training window drawn
-with probability proportional to its number of targets and evaluated whole, the draw's window
-mean of the smoothed loss is an unbiased, [lo, lo + Delta_azuma]-valued IID sample of the sampled
-stratum's mean (docs/bounds.md, "Subsampling windows").  Hoeffding and empirical Bernstein are
-then applied to the m window means, for every alpha of the grid, each statement at
-delta_sub / (2 |grid|), and the smallest bound over (alpha, method) is reported.
+Sampled windows (``groups=``; docs/bounds.md, "Subsampling windows"): when a draw is a training
+window drawn with probability proportional to its number of targets and evaluated whole, the
+draw's window mean of the smoothed loss is an unbiased, [lo, lo + Delta_azuma]-valued IID sample
+of the sampled stratum's mean.  Hoeffding and empirical Bernstein are then applied to the m window
+means, for every alpha of the grid, each statement at delta_sub / (2 |grid|), and the smallest
+bound over (alpha, method) is reported.
 """
 
 from __future__ import annotations
