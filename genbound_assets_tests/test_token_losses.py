@@ -151,7 +151,7 @@ def test_invalid_positions_and_alphas(model, stream):
     assert len(token_losses(model, stream, np.array([], dtype=np.int64), T)) == 0
 
 
-def test_bf16_uses_float32_log_softmax_of_bf16_logits(stream, positions):
+def test_bf16_uses_float64_log_softmax_of_bf16_logits(stream, positions):
     """Final LayerNorm -> constant integer hidden state and an integer head: the bf16 logits are
     exact integers whatever the kernel, so the only error left is the log-softmax's."""
     m = tiny_gpt_neox(V, seed=3)
@@ -195,3 +195,131 @@ def test_device_dtype_resolution_and_model_state(stream, positions):
     res = token_losses(m, stream, positions[:10], T, device="cpu", dtype="float64")
     assert next(m.parameters()).dtype == torch.float64  # cast in place, as documented
     np.testing.assert_allclose(res.loss, ref.loss, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- float64 at Pythia's V
+
+V_PYTHIA = 50_304
+
+
+def _extreme_logits(seed=0, rows=24):
+    """float32 logits at V = 50,304: near-one-hot rows (one logit 15..60 above the rest) and
+    near-uniform rows (logits ~ 1e-3 N(0, 1)): the two ends of the proxy's range."""
+    g = torch.Generator().manual_seed(seed)
+    onehot = torch.zeros(rows, V_PYTHIA)
+    onehot[torch.arange(rows), torch.randint(0, V_PYTHIA, (rows,), generator=g)] = \
+        torch.linspace(15.0, 60.0, rows)
+    unif = 1e-3 * torch.randn(rows, V_PYTHIA, generator=g)
+    tgt = torch.randint(0, V_PYTHIA, (2 * rows,), generator=g)
+    tgt[:rows] = onehot.argmax(1)  # half the one-hot rows predict their target, half miss it
+    tgt[: rows // 2] = (tgt[: rows // 2] + 1) % V_PYTHIA
+    return torch.cat([onehot, unif]), tgt
+
+
+def _exact_reference(logits, tgt, alphas):
+    """Per row, float64 with math.fsum (correctly rounded sums): X, Y, X_s, Y_s."""
+    import math
+
+    out = {"x": [], "y": [], "xs": {a: [] for a in alphas}, "ys": {a: [] for a in alphas}}
+    for row, t in zip(logits.double().numpy(), tgt.numpy(), strict=True):
+        mx = row.max()
+        logp = row - (mx + math.log(math.fsum(np.exp(row - mx))))
+        p = np.exp(logp)
+        out["x"].append(-logp[t])
+        out["y"].append(-math.fsum(p * logp))
+        for a in alphas:
+            q = (1 - a) * p + a / len(row)
+            out["xs"][a].append(-math.log(q[t]))
+            out["ys"][a].append(-math.fsum(q * np.log(q)))
+    return out
+
+
+def _float32_reduction(logits, tgt, alpha):
+    """The former float32 path (log-softmax and per-term products in float32): the control."""
+    import math
+
+    logp = torch.log_softmax(logits.float(), -1)
+    logq = torch.logaddexp(logp + math.log1p(-alpha), torch.tensor(math.log(alpha / V_PYTHIA)))
+    ys = -(logq.exp() * logq).sum(-1, dtype=torch.float64)
+    y = -(logp.exp() * logp).sum(-1, dtype=torch.float64)
+    return y.numpy(), ys.numpy()
+
+
+def test_float64_reductions_keep_the_exact_proxy_ranges_at_pythia_vocab():
+    """Review finding: float32 reductions put Y_s below H_min (near-one-hot) and above log V
+    (near-uniform) by more than the bound's 1e-9 tolerance; float64 ones match an exact reference."""
+    import math
+
+    from genbound_assets.bounds.loss_range import smoothed_min_entropy
+    from genbound_assets.bounds.subsample import BOUNDS_TOLERANCE
+    from genbound_assets.measure.token_losses import _reduce_logits
+
+    logits, tgt = _extreme_logits()
+    alphas = (smoothing_alpha(0.1386, V_PYTHIA), 1e-3, 0.5)
+    x, y, xs, ys = _reduce_logits(logits, tgt, alphas)
+    ref = _exact_reference(logits, tgt, alphas)
+    assert x.dtype == y.dtype == torch.float64
+    np.testing.assert_allclose(x.numpy(), ref["x"], atol=1e-11, rtol=0)
+    np.testing.assert_allclose(y.numpy(), ref["y"], atol=1e-11, rtol=0)
+    log_v = math.log(V_PYTHIA)
+    assert y.min() >= -BOUNDS_TOLERANCE and y.max() <= log_v + BOUNDS_TOLERANCE
+    float32_misses = 0
+    for k, a in enumerate(alphas):
+        np.testing.assert_allclose(xs[k].numpy(), ref["xs"][a], atol=1e-11, rtol=0)
+        np.testing.assert_allclose(ys[k].numpy(), ref["ys"][a], atol=1e-11, rtol=0)
+        h_min = smoothed_min_entropy(a, V_PYTHIA)
+        assert ys[k].min() >= h_min - BOUNDS_TOLERANCE, (a, float(ys[k].min()) - h_min)
+        assert ys[k].max() <= log_v + BOUNDS_TOLERANCE, (a, float(ys[k].max()) - log_v)
+        assert xs[k].max() <= math.log(V_PYTHIA / a) + BOUNDS_TOLERANCE
+        _, ys32 = _float32_reduction(logits, tgt, a)
+        float32_misses += (ys32 < h_min - BOUNDS_TOLERANCE).sum() + (ys32 > log_v + BOUNDS_TOLERANCE).sum()
+    # the inputs do exercise the failure: the float32 path leaves the range on some rows
+    assert float32_misses > 0
+    y32, _ = _float32_reduction(logits, tgt, alphas[0])
+    assert (y32 > log_v + BOUNDS_TOLERANCE).any()
+
+
+def _constant_logit_model(logit_vector: torch.Tensor):
+    """Tiny GPTNeoX at V = 50,304 whose logits are `logit_vector` at every position: the final
+    LayerNorm outputs e_0 (weight 0, bias e_0) and the head's column 0 is the vector."""
+    m = tiny_gpt_neox(V_PYTHIA, hidden=16, layers=1, heads=2, context=T, seed=0)
+    with torch.no_grad():
+        m.gpt_neox.final_layer_norm.weight.zero_()
+        m.gpt_neox.final_layer_norm.bias.zero_()
+        m.gpt_neox.final_layer_norm.bias[0] = 1.0
+        m.lm_head.weight.zero_()
+        m.lm_head.weight[:, 0] = logit_vector
+    return m
+
+
+def test_token_losses_at_pythia_vocab_pass_the_bound_range_checks(stream, positions):
+    """End to end: near-one-hot and near-uniform models at V = 50,304 through token_losses, then
+    the subsample certificate with the exact ranges the pipeline declares does not raise."""
+    import math
+
+    from genbound_assets.bounds.loss_range import smoothed_min_entropy, tight_loss_range
+    from genbound_assets.bounds.subsample import subsampled_freedman_bound
+
+    g = torch.Generator().manual_seed(1)
+    hot = torch.zeros(V_PYTHIA)
+    hot[7] = 40.0
+    flat = 1e-3 * torch.randn(V_PYTHIA, generator=g)
+    alpha = smoothing_alpha(0.1386, V_PYTHIA)
+    pos = positions[:24]
+    for vec in (hot, flat):
+        res = token_losses(_constant_logit_model(vec), stream, pos, T, alphas=(alpha,),
+                           batch_size=8)
+        ref = _exact_reference(vec[None].expand(len(pos), -1),
+                               torch.as_tensor(stream.tokens[pos]), (alpha,))
+        np.testing.assert_allclose(res.loss, ref["x"], atol=1e-11, rtol=0)
+        np.testing.assert_allclose(res.entropy, ref["y"], atol=1e-11, rtol=0)
+        np.testing.assert_allclose(res.smoothed_loss[alpha], ref["xs"][alpha], atol=1e-11, rtol=0)
+        np.testing.assert_allclose(res.smoothed_entropy[alpha], ref["ys"][alpha], atol=1e-11,
+                                   rtol=0)
+        b = subsampled_freedman_bound(
+            res.smoothed_loss[alpha], res.smoothed_entropy[alpha],
+            tight_loss_range(alpha, V_PYTHIA), 0.01, 10**6,
+            loss_bounds=(0.0, math.log(V_PYTHIA / alpha)),
+            proxy_bounds=(smoothed_min_entropy(alpha, V_PYTHIA), math.log(V_PYTHIA)),
+            grid_size=20)
+        assert math.isfinite(b.bound)

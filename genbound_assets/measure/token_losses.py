@@ -20,13 +20,17 @@ use: no attention mask or position_ids are needed and each row's prediction is t
 alone (up to float rounding of differently shaped matmuls).  Pairs share one forward pass exactly
 when their contexts start at the same stream index s: the window tokens[s:p_max] then contains
 every such target's full context as a prefix, and the hidden state at offset p - s - 1 predicts
-tokens[p].  Only the hidden states of the wanted rows go through the LM head; log-softmax and all
-reductions run in float32 (sums accumulated in float64) whatever the model dtype.
+tokens[p].  Only the hidden states of the wanted rows go through the LM head.
+
+Precision.  The logits stay in the model dtype; the log-softmax and every per-token reduction
+(X, Y, X_s, Y_s) run in float64, in row chunks (_reduce_logits, _chunk_rows).  The bound
+checks Y_s against its exact range [H_min(alpha, V), log V] and X_s against log(V/alpha) to 1e-9
+(bounds/subsample.py); a float32 reduction at V = 50,304 misses those by up to ~1e-5
+(docs/measurements.md).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,8 +41,17 @@ from tqdm.auto import tqdm
 from genbound_assets.data.stream import TokenStream
 from genbound_assets.families.models import resolve_device_dtype
 
-# Rows of the LM head evaluated at once: rows * V float32 logits stay near this many elements.
-_HEAD_CHUNK_ELEMS = 1 << 25
+# Rows of the LM head evaluated at once: rows * V float64 values stay near this many elements
+# (the reduction reuses three such buffers, _Workspace).  On CPU, 8 MB buffers stay in cache
+# better than 128 MB ones (bench/bench_token_precision.py); on an accelerator (per-kernel launch
+# cost) larger chunks are better.
+_HEAD_CHUNK_ELEMS = {"cpu": 1 << 20}
+_HEAD_CHUNK_ELEMS_DEFAULT = 1 << 25
+
+
+def _chunk_rows(device: torch.device, vocab: int) -> int:
+    """Rows of logits reduced at once on `device` (at least 1)."""
+    return max(1, _HEAD_CHUNK_ELEMS.get(device.type, _HEAD_CHUNK_ELEMS_DEFAULT) // vocab)
 _PAD_ID = 0
 
 
@@ -147,6 +160,54 @@ def _split_model(model):
     return None, None
 
 
+class _Workspace:
+    """Reusable float64 (rows, V) buffers for _reduce_logits, so that a chunk's arrays are not
+    fresh allocations (on CPU those are mmaps whose page faults cost more than the arithmetic)."""
+
+    def __init__(self, rows: int, vocab: int, device):
+        self.bufs = [torch.empty(rows, vocab, dtype=torch.float64, device=device)
+                     for _ in range(3)]
+
+    def take(self, rows: int):
+        return [b[:rows] for b in self.bufs]
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_j a[i, j] b[i, j] per row, without a (rows, V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+def _reduce_logits(logits: torch.Tensor, targets: torch.Tensor, alphas: Sequence[float],
+                   work: _Workspace | None = None):
+    """(X, Y, [X_s per alpha], [Y_s per alpha]) as float64 tensors for rows of logits.
+
+    logits: (rows, V) in any float dtype, upcast here; targets: (rows,) int64.  Everything is
+    float64: log p = (l - max l) - log sum exp(l - max l), X = -log p(x), Y = -sum p log p
+    (0 log 0 = 0), X_s = -log((1 - a) p(x) + a/V), Y_s = -sum q log q with q = (1 - a) p + a/V.
+    work: buffers with at least `rows` rows (allocated here if None).
+    """
+    rows, vocab = logits.shape
+    logp, p, logq = (work or _Workspace(rows, vocab, logits.device)).take(rows)
+    logp.copy_(logits)
+    logp.sub_(logp.amax(dim=-1, keepdim=True))
+    torch.exp(logp, out=p)
+    total = p.sum(dim=-1, keepdim=True)
+    logp.sub_(total.log())
+    p.div_(total)
+    lp_x = logp.gather(1, targets[:, None])[:, 0]
+    logp.clamp_(min=torch.finfo(torch.float64).min)  # a -inf logit: p = 0 contributes 0
+    ent = -_rowdot(p, logp)
+    p_x = lp_x.exp()
+    q = logp  # log p is not needed any more
+    s_loss, s_ent = [], []
+    for a in alphas:
+        keep, unif = 1.0 - a, a / vocab
+        s_loss.append(-torch.log(p_x * keep + unif))
+        torch.mul(p, keep, out=q).add_(unif)
+        torch.log(q, out=logq)
+        s_ent.append(-_rowdot(q, logq))
+    return -lp_x, ent, s_loss, s_ent
+
 def token_losses(
     model,
     stream: TokenStream,
@@ -209,9 +270,8 @@ def token_losses(
 
     pairs_per_window = np.bincount(plan.pair_window, minlength=len(plan.start))
     order = np.argsort(-plan.lengths, kind="stable")  # longest first: OOM shows up at once
-    log_keep = [math.log1p(-a) for a in alpha_list]
-    log_unif = [math.log(a / vocab) for a in alpha_list]
-    chunk = max(1, _HEAD_CHUNK_ELEMS // vocab)
+    chunk = _chunk_rows(dev, vocab)
+    work = _Workspace(min(chunk, n), vocab, dev)
     was_training = model.training
     model.eval()
     bar = tqdm(total=n, unit="pair", disable=not progress, desc="token losses")
@@ -242,29 +302,18 @@ def token_losses(
                        "se": [[] for _ in alpha_list]}
                 for c0 in range(0, len(rows), chunk):
                     logits = hid[c0:c0 + chunk]
-                    logits = (head(logits) if head is not None else logits).float()
+                    logits = head(logits) if head is not None else logits
                     if logits.shape[-1] != vocab:
                         raise ValueError(
                             f"model logit dimension {logits.shape[-1]} != config.vocab_size {vocab}"
                         )
-                    logp = torch.log_softmax(logits, dim=-1)
+                    x, y, xs, ys = _reduce_logits(logits, tgt_t[c0:c0 + chunk], alpha_list, work)
                     del logits
-                    lp_x = logp.gather(1, tgt_t[c0:c0 + chunk, None])[:, 0].double()
-                    out["loss"].append(-lp_x)
-                    p = logp.exp()
-                    out["ent"].append(
-                        -(p * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(
-                            -1, dtype=torch.float64)
-                    )
-                    del p
+                    out["loss"].append(x)
+                    out["ent"].append(y)
                     for k in range(len(alpha_list)):
-                        out["sl"][k].append(-torch.logaddexp(
-                            lp_x + log_keep[k], torch.full_like(lp_x, log_unif[k])))
-                        logq = torch.logaddexp(logp + log_keep[k],
-                                               torch.tensor(log_unif[k], device=dev))
-                        out["se"][k].append(-(logq.exp() * logq).sum(-1, dtype=torch.float64))
-                        del logq
-                    del logp
+                        out["sl"][k].append(xs[k])
+                        out["se"][k].append(ys[k])
                 r_loss[rows] = torch.cat(out["loss"]).cpu().numpy()
                 r_ent[rows] = torch.cat(out["ent"]).cpu().numpy()
                 for k, a in enumerate(alpha_list):
