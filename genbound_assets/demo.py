@@ -150,7 +150,8 @@ def run_demo(engine, instance, echo: Callable[[str], None] = print, *, families=
             echo(f"demo: {len(failed)} run(s) failed: {failed}; see `genbound ui` for the logs")
     # unpartitioned assets: the store's schema, SQL views, cross-model fits
     repo = defs.get_repository_def()
-    others = [k for k, a in repo.assets_defs_by_key.items() if a.partitions_def is None]
+    others = [k for k, a in repo.assets_defs_by_key.items()
+              if a.partitions_def is None and a.is_executable]
     t4 = time.perf_counter()
     res = _execute(defs, instance, others)
     echo(f"demo: [4/4] unpartitioned assets ({', '.join(k.to_user_string() for k in others)}): "

@@ -123,8 +123,9 @@ def test_sensor_then_automation_update_the_model(watched, caplog):
 
     last = int(steps0[-1])
     new_step, bad_step = last + 40, last + 60
-    _new_checkpoint(root, "m-a", new_step, last, total=new_step + 80)
-    bad = _new_checkpoint(root, "m-a", bad_step, last, total=new_step + 80)
+    # training was extended to new_step (the manifests' total_steps): it is the final checkpoint
+    _new_checkpoint(root, "m-a", new_step, last, total=new_step)
+    bad = _new_checkpoint(root, "m-a", bad_step, last, total=new_step)
     weights = next(bad.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-8:] = b"\x00" * 8                      # damage after the manifest was written

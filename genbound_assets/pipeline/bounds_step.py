@@ -29,6 +29,7 @@ headline row is the one pre-declared statement (docs/pipeline.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,21 @@ class ReferenceAccounting:
     nominal_bits: float
 
 
+@dataclass(frozen=True)
+class Certificate:
+    """One Freedman certificate and the estimator of full-data means that goes with it."""
+
+    bound: float
+    mean: float                 # the certificate's estimate of the smoothed risk R_sq
+    sigma: float
+    s_star: float
+    complexity: float
+    correction: float           # the subsample step (0 when every target is evaluated)
+    method: str
+    split: dict
+    estimate: Callable[[np.ndarray], float]
+
+
 def split_seed(sample_seed: int) -> int:
     """The subsample step's split seed: an independent stream of the sample's SeedSequence
     (review: the sample and the split must not share a generator seed)."""
@@ -79,23 +95,6 @@ def split_seed(sample_seed: int) -> int:
 
 def _mean(values: np.ndarray) -> float:
     return float(np.asarray(values, dtype=np.float64).mean())
-
-
-def _stratified(values: np.ndarray, tl: TokenLossSet) -> float:
-    """Estimate of the mean over all D targets (exact design: the mean itself).  Windows
-    design: the sampled windows' targets (each draw's window mean, averaged over draws, is
-    unbiased for the non-calibration targets' mean) and the exact stratum, weighted by size."""
-    if tl.design == "exact":
-        return _mean(values)
-    draw, sampled = tl["draw"], tl.sampled
-    sums = np.bincount(draw[sampled], weights=values[sampled], minlength=tl.n_draws)
-    cnts = np.bincount(draw[sampled], minlength=tl.n_draws)
-    sampled_mean = float((sums / np.maximum(cnts, 1)).mean())
-    n_exact = tl.n_exact
-    if n_exact == 0:
-        return sampled_mean
-    w = n_exact / tl.n_train_tokens
-    return w * _mean(values[tl.exact]) + (1.0 - w) * sampled_mean
 
 
 def certify_from_losses(tl: TokenLossSet, code: CodeChoice, reference: ReferenceAccounting | None,
@@ -111,7 +110,6 @@ def certify_from_losses(tl: TokenLossSet, code: CodeChoice, reference: Reference
         raise ValueError(f"exact design holds {len(tl['window'])} targets, D = {d}")
     code_nats = code.code_length_bits * math.log(2.0) + code.choice_nats
     x, y = tl["q_sq_loss"], tl["q_sq_entropy"]
-    r_h, r_q, r_sq = _stratified(tl["h_loss"], tl), _stratified(tl["q_loss"], tl), _stratified(x, tl)
     common = dict(model=model, step=int(step), grid_size=s.grid_size, delta=s.delta,
                   n_params=int(n_params), n_train_tokens=d, design=tl.design,
                   n_sample=tl.n_draws, quantize_embeddings=s.quantize_embeddings,
@@ -123,14 +121,13 @@ def certify_from_losses(tl: TokenLossSet, code: CodeChoice, reference: Reference
                   choice_cost_nats=code.choice_nats)
     rows: list[dict[str, Any]] = []
     seed = split_seed(s.sample_seed)
+    sampled = tl.sampled
 
-    def freedman(loss_range: float):
-        """(bound, sigma, s*, complexity, subsample term, subsample method, δ split record)."""
+    def freedman(loss_range: float) -> Certificate:
         if exact:
             fb = freedman_bound(x, y, loss_range, s.delta, code_nats, s.grid_size, d)
-            return (fb.bound, fb.sigma, fb.s_star, fb.complexity, 0.0, "none",
-                    {"martingale": s.delta})
-        sampled = tl.sampled
+            return Certificate(fb.bound, fb.empirical_mean, fb.sigma, fb.s_star, fb.complexity,
+                               0.0, "none", {"martingale": s.delta}, _mean)
         sb = subsampled_freedman_bound(
             x[sampled], y[sampled], loss_range, s.delta, d,
             loss_bounds=(0.0, smoothed_worst_case_loss(alpha, v)),
@@ -138,34 +135,43 @@ def certify_from_losses(tl: TokenLossSet, code: CodeChoice, reference: Reference
             complexity_nats=code_nats, grid_size=s.grid_size, delta_split=s.delta_split,
             split_seed=seed, exact_losses=x[tl.exact], exact_proxies=y[tl.exact],
             groups=tl["draw"][sampled])
-        return (sb.bound, sb.sigma, sb.s_hat, sb.complexity, sb.correction, sb.method,
-                {"martingale": sb.delta_martingale, "subsample": sb.delta_subsample,
-                 "subsample_per_method": sb.delta_per_method})
+        # every other mean reported beside it uses the certificate's own draws and weights
+        def estimate(values):
+            return sb.sample_mean(values[sampled], values[tl.exact] if tl.n_exact else None)
+        return Certificate(sb.bound, sb.empirical_mean, sb.sigma, sb.s_hat, sb.complexity,
+                           sb.correction, sb.method,
+                           {"martingale": sb.delta_martingale, "subsample": sb.delta_subsample,
+                            "subsample_per_method": sb.delta_per_method}, estimate)
 
     # headline: direct Freedman, tight range
     d_tight = tight_loss_range(alpha, v)
-    bound, sigma, s_star, c, sub, sub_method, split = freedman(d_tight)
+    head = freedman(d_tight)
+    r_h, r_q = head.estimate(tl["h_loss"]), head.estimate(tl["q_loss"])
     rows.append({**common, **chosen, "method": "headline", "role": "headline",
-                 "loss_range": d_tight, "loss_range_method": "tight", "sigma": sigma,
-                 "s_star": s_star, "delta_split": split, "empirical_risk": r_sq,
-                 "complexity": c, "random_guess_term": None, "loss_variation_term": sigma * math.sqrt(c),
-                 "smoothing_term": None, "quantization_gap": r_q - r_h, "subsample_term": sub,
-                 "subsample_method": sub_method, "bound": bound, "certified": True})
+                 "loss_range": d_tight, "loss_range_method": "tight", "sigma": head.sigma,
+                 "s_star": head.s_star, "delta_split": head.split, "empirical_risk": head.mean,
+                 "complexity": head.complexity, "random_guess_term": None,
+                 "loss_variation_term": head.sigma * math.sqrt(head.complexity),
+                 "smoothing_term": None, "quantization_gap": r_q - r_h,
+                 "subsample_term": head.correction, "subsample_method": head.method,
+                 "bound": head.bound, "certified": True})
 
     # Thm 3.4 decomposed: direct at the worst-case range + Lemma 3.3's slack
     d_s = smoothed_worst_case_loss(alpha, v)
-    bound_s, sigma_s, s_star_s, c_s, sub_s, sub_method_s, split_s = freedman(d_s)
-    slack = (r_q - r_sq) + c_s * math.log(v) - c_s * d_s + math.sqrt(2.0 * c_s)
+    dec = freedman(d_s)
+    r_h, r_q = dec.estimate(tl["h_loss"]), dec.estimate(tl["q_loss"])
+    c_s = dec.complexity
+    slack = (r_q - dec.mean) + c_s * math.log(v) - c_s * d_s + math.sqrt(2.0 * c_s)
     terms = {"empirical_risk": r_h, "random_guess_term": c_s * math.log(v),
-             "loss_variation_term": sigma_s * math.sqrt(c_s), "smoothing_term": math.sqrt(2.0 * c_s),
+             "loss_variation_term": dec.sigma * math.sqrt(c_s), "smoothing_term": math.sqrt(2.0 * c_s),
              "quantization_gap": r_q - r_h}
-    bound_dec = bound_s + max(slack, 0.0)
+    bound_dec = dec.bound + max(slack, 0.0)
     rows.append({**common, **chosen, "method": "freedman_decomposed", "role": "diagnostic",
-                 "loss_range": d_s, "loss_range_method": "worst_case", "sigma": sigma_s,
-                 "s_star": s_star_s, "delta_split": split_s, "complexity": c_s, **terms,
-                 # bound minus the five terms: the subsample step, plus -slack if Lemma 3.3's
-                 # slack came out negative (a stale alpha); zero in the exact design otherwise
-                 "subsample_term": bound_dec - sum(terms.values()), "subsample_method": sub_method_s,
+                 "loss_range": d_s, "loss_range_method": "worst_case", "sigma": dec.sigma,
+                 "s_star": dec.s_star, "delta_split": dec.split, "complexity": c_s, **terms,
+                 # bound minus the five terms: the subsample correction, plus -slack if Lemma
+                 # 3.3's slack came out negative (a stale alpha); >= 0, and 0 in the exact design
+                 "subsample_term": bound_dec - sum(terms.values()), "subsample_method": dec.method,
                  "bound": bound_dec, "certified": True})
 
     # Azuma baseline (Lotfi et al.) on the same code
@@ -185,7 +191,7 @@ def certify_from_losses(tl: TokenLossSet, code: CodeChoice, reference: Reference
                  "random_guess_term": None, "loss_variation_term": az.azuma_term,
                  "smoothing_term": None, "quantization_gap": r_q - r_h,
                  "subsample_term": az.subsample_correction,
-                 "subsample_method": "hoeffding" if not exact else "none",
+                 "subsample_method": "none" if exact else az.subsample_method,
                  "choice_cost_nats": code.choice_nats + az.union_cost, "bound": az.bound,
                  "certified": True})
 

@@ -7,7 +7,7 @@
   (and checkpoints the ``selection`` setting newly picks).  Cursor: the checkpoints handled, per
   family; idempotent across restarts (it also skips what is already materialized); at most
   ``MAX_PER_TICK`` integrity checks per tick.
-* schedule ``checkpoint_backfill`` (hourly): every real checkpoint partition with no successful
+* schedule ``<family>_checkpoint_backfill`` (hourly, one per family: a schedule runs one job, and each family's checkpoint-level assets are one job with its own partitions): every real checkpoint partition with no successful
   materialization (missed ticks, failures since fixed), batched the same way.
 * ``genbound_automation``: the declarative-automation sensor that keeps the model-level assets
   up to date when any checkpoint of their model changes.
@@ -18,12 +18,17 @@ import os
 
 import dagster as dg
 
+from genbound_assets.defs.sql.lineage import TABLE_PREFIX
 from genbound_assets.defs.store.resources import PostgresResource
 
 from .partitions import all_family_parts
 from .requests import requests_for_needs
 from .resources import GenboundResource
 from .watch import in_flight, needs_for, plan_tick, real_checkpoints
+
+# what the sensor and the schedule may request: every executable asset (not the stand-ins of
+# tables no asset claims, defs/sql/lineage.py)
+TARGET = dg.AssetSelection.all() - dg.AssetSelection.key_prefixes([TABLE_PREFIX])
 
 MAX_PER_TICK = int(os.environ.get("GENBOUND_SENSOR_MAX_PER_TICK", "200") or 200)
 INTERVAL_S = int(os.environ.get("GENBOUND_SENSOR_INTERVAL_S", "60") or 60)
@@ -34,59 +39,104 @@ def _status(default: str) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
 
 
-@dg.sensor(name="new_checkpoints", minimum_interval_seconds=INTERVAL_S,
-           target=dg.AssetSelection.all(), default_status=_status("on"),
-           description="Registers new complete checkpoints of every family and requests their "
-           "assets (batched); records quarantined and half-written ones with the reason.")
-def new_checkpoints(context: dg.SensorEvaluationContext, postgres: PostgresResource,
-                    genbound: GenboundResource) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    engine, settings = postgres.get_engine(), genbound.settings()
-    requests, dyn, events, skipped = [], [], [], []
-    for parts in all_family_parts():
-        try:
-            family = genbound.family(parts.spec)
-        except (OSError, ValueError) as e:
-            context.log.warning(f"family {parts.name}: cannot be opened: {e}")
-            continue
-        seen = set(cursor.get(parts.name, []))
-        plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK)
-        for line in plan.log:
-            context.log.info(line)
-            skipped.append(line)
-        if plan.add_models:
-            dyn.append(parts.model.build_add_request(plan.add_models))
-        if plan.add_steps:
-            dyn.append(parts.step.build_add_request(plan.add_steps))
-        requests += plan.requests
-        events += plan.events
-        cursor[parts.name] = sorted(seen | set(plan.handled))
-        if plan.more:
-            context.log.info(f"family {parts.name}: more new checkpoints than {MAX_PER_TICK} "
-                             "per tick; the next tick continues")
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=dyn,
-                           asset_events=events, cursor=json.dumps(cursor),
-                           skip_reason=None if requests or dyn else
-                           ("no new checkpoint" + (f"; {len(skipped)} noted" if skipped else "")))
+def checkpoint_job_name(family: str) -> str:
+    return f"{family}_checkpoints"
 
 
-@dg.schedule(name="checkpoint_backfill", cron_schedule="0 * * * *", target=dg.AssetSelection.all(),
-             default_status=dg.DefaultScheduleStatus(_status("on").value),
-             description="Requests every real checkpoint partition that has no successful "
-             "materialization (missed sensor ticks, failures since fixed), batched per model.")
-def checkpoint_backfill(context: dg.ScheduleEvaluationContext, postgres: PostgresResource,
-                        genbound: GenboundResource):
-    return backfill_requests(context.instance, postgres.get_engine(), genbound)
+def _checkpoint_job(parts):
+    """The family's checkpoint-level assets as one job (one partitions definition: model × step);
+    every sensor and schedule request is a subset of it over a range of one model's steps."""
+    from .partitions import BOUND_ASSETS, CHECKPOINT_ASSETS
+
+    return dg.define_asset_job(
+        checkpoint_job_name(parts.name),
+        selection=dg.AssetSelection.assets(*[parts.key(a) for a in CHECKPOINT_ASSETS + BOUND_ASSETS]),
+        partitions_def=parts.checkpoint,
+        description=f"Checkpoint-level assets of family {parts.name} (inventory, loss curve, "
+        "quantization, token losses, certificates).")
+
+
+def _new_checkpoints(jobs):
+    @dg.sensor(name="new_checkpoints", minimum_interval_seconds=INTERVAL_S, jobs=jobs or None,
+               default_status=_status("on"),
+               description="Registers new complete checkpoints of every family and requests their "
+               "assets (batched); records quarantined and half-written ones with the reason.")
+    def new_checkpoints(context: dg.SensorEvaluationContext, postgres: PostgresResource,
+                        genbound: GenboundResource) -> dg.SensorResult:
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        engine, settings = postgres.get_engine(), genbound.settings()
+        requests, dyn, events, skipped = [], [], [], []
+        for parts in all_family_parts():
+            try:
+                family = genbound.family(parts.spec)
+            except (OSError, ValueError) as e:
+                context.log.warning(f"family {parts.name}: cannot be opened: {e}")
+                continue
+            seen = set(cursor.get(parts.name, []))
+            plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK)
+            for line in plan.log:
+                context.log.info(line)
+                skipped.append(line)
+            if plan.add_models:
+                dyn.append(parts.model.build_add_request(plan.add_models))
+            if plan.add_steps:
+                dyn.append(parts.step.build_add_request(plan.add_steps))
+            requests += plan.requests
+            events += plan.events
+            cursor[parts.name] = sorted(seen | set(plan.handled))
+            if plan.more:
+                context.log.info(f"family {parts.name}: more new checkpoints than {MAX_PER_TICK} "
+                                 "per tick; the next tick continues")
+        return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=dyn,
+                               asset_events=events, cursor=json.dumps(cursor),
+                               skip_reason=None if requests or dyn else
+                               ("no new checkpoint" + (f"; {len(skipped)} noted" if skipped else "")))
+
+    return new_checkpoints
+
+
+def _checkpoint_backfill(parts, job):
+    @dg.schedule(name=f"{parts.name}_checkpoint_backfill", cron_schedule="0 * * * *", job=job,
+                 default_status=dg.DefaultScheduleStatus(_status("on").value),
+                 description=f"Requests every real checkpoint partition of family {parts.name} "
+                 "that has no successful materialization (missed sensor ticks, failures since "
+                 "fixed), batched per model.")
+    def checkpoint_backfill(context: dg.ScheduleEvaluationContext, postgres: PostgresResource,
+                            genbound: GenboundResource):
+        return backfill_requests(context.instance, postgres.get_engine(), genbound,
+                                 families=[parts.name])
+
+    return checkpoint_backfill
+
+
+def _automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "genbound_automation", target=TARGET, default_status=_status("on"),
+        minimum_interval_seconds=30,
+        description="Declarative automation: model-level assets follow their checkpoints.")
+
+
+@dg.definitions
+def automation() -> dg.Definitions:
+    families = all_family_parts()
+    jobs = {p.name: _checkpoint_job(p) for p in families}
+    return dg.Definitions(
+        jobs=list(jobs.values()),
+        sensors=[_new_checkpoints(list(jobs.values())), _automation_sensor()],
+        schedules=[_checkpoint_backfill(p, jobs[p.name]) for p in families])
 
 
 def backfill_requests(instance: dg.DagsterInstance, engine, genbound: GenboundResource,
-                      key_prefix: str | None = None) -> list[dg.RunRequest]:
+                      key_prefix: str | None = None, families: list[str] | None = None
+                      ) -> list[dg.RunRequest]:
     """The schedule's requests: only registered partitions that are real intact checkpoints."""
     from genbound_assets.families.inventory import selected_steps, train_tokens
 
     settings = genbound.settings()
     out = []
     for parts in all_family_parts():
+        if families is not None and parts.name not in families:
+            continue
         try:
             family = genbound.family(parts.spec)
         except (OSError, ValueError):
@@ -112,9 +162,3 @@ def backfill_requests(instance: dg.DagsterInstance, engine, genbound: GenboundRe
         out += requests_for_needs(parts, order, needs, tags={"genbound/trigger": "checkpoint_backfill"},
                                   key_prefix=key_prefix)
     return out
-
-
-genbound_automation = dg.AutomationConditionSensorDefinition(
-    "genbound_automation", target=dg.AssetSelection.all(), default_status=_status("on"),
-    minimum_interval_seconds=30,
-    description="Declarative automation: model-level assets follow their checkpoints.")

@@ -43,7 +43,8 @@ def _request(parts: FamilyParts, model: str, lo: int, hi: int, assets: tuple[str
         h = hashlib.sha1(f"{parts.name}:{','.join(assets)}:{start}:{end}".encode()).hexdigest()[:12]
         run_key = f"{key_prefix}:{parts.name}:{model}:{lo}-{hi}:{h}"
     return dg.RunRequest(
-        run_key=run_key, asset_selection=[parts.key(a) for a in assets],
+        run_key=run_key, job_name=f"{parts.name}_checkpoints",
+        asset_selection=[parts.key(a) for a in assets],
         tags={**tags, RANGE_START: start, RANGE_END: end, "genbound/family": parts.name,
               "genbound/model": model, "genbound/assets": ",".join(assets)})
 
