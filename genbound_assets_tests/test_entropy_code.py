@@ -345,3 +345,15 @@ def test_skewed_symbols_cost_about_their_entropy():
     state["m.qweight"] = pack_fields(torch.from_numpy(uni), 4)
     code = entropy_code(state, t)
     assert code.per_tensor_bits["m.qweight"] <= 4 * uni.size + 4
+
+
+def test_canonical_payload_accepts_a_k_by_1_packed_tensor():
+    """2-bit qzeros of a 16-wide layer are [groups, 1] with a last-dim stride != 1 (pack_gptq's
+    .T.contiguous()); the lzma payload and the entropy code both take them (regression: RTN at
+    b = 2 on neox-12k crashed in code_size.canonical_payload)."""
+    from genbound_assets.measure.code_size import canonical_payload
+
+    z = pack_fields(torch.arange(3).repeat(16, 1) % 4, 2).T.contiguous()
+    assert z.shape == (3, 1) and z.stride(-1) != 1
+    body = canonical_payload({"z": z}, {})[-12:]
+    assert body == z.reshape(-1).numpy().astype("<i4").tobytes()
