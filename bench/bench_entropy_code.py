@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--suite", type=Path, default=default_data_dir() / "suite")
     ap.add_argument("--float-embeddings", action="store_true",
                     help="keep embed_in/embed_out in float (default: quantized, as the pipeline)")
+    ap.add_argument("--speed-pythia70m", action="store_true",
+                    help="also time the coder on a random-init Pythia-70m-shaped model, RTN b=4 "
+                         "g=32 (untrained: its bits/param say nothing; speed only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -200,6 +203,31 @@ def main() -> None:
                         "modes": {m: list(code.modes.values()).count(m)
                                   for m in sorted(set(code.modes.values()))},
                     })
+    speed = None
+    if args.speed_pythia70m:
+        from transformers import GPTNeoXConfig
+
+        cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6,
+                            num_attention_heads=8, intermediate_size=2048,
+                            max_position_embeddings=2048, rotary_pct=0.25,
+                            use_parallel_residual=True, tie_word_embeddings=False)
+        torch.manual_seed(args.seed)
+        big = GPTNeoXForCausalLM(cfg).float()
+        q, quant_s = _time(quantize_model, big, "rtn", 4, 32, None)
+        code, enc_s = _time(entropy_code, q)
+        dec, dec_s = _time(entropy_decode, code.payload, EntropyTemplate.of(q))
+        assert all(_same_bits(dec[k], q.state[k]) for k in q.state)
+        payload = canonical_payload(q.state, q.metadata)
+        _, lzma_s = _time(lambda p: lzma.compress(p, preset=9 | lzma.PRESET_EXTREME), payload)
+        mb = sum(t.numel() * t.element_size() for t in q.state.values()) / 1e6
+        speed = {"model": "pythia-70m shape, random init, rtn b=4 g=32, fp32 embeddings",
+                 "n_params": q.n_params, "state_mb": mb, "rtn_s": quant_s,
+                 "encode_s": enc_s, "decode_s": dec_s, "lzma_s": lzma_s,
+                 "encode_mb_s": mb / enc_s, "decode_mb_s": mb / dec_s, "lzma_mb_s": mb / lzma_s,
+                 "stored_bpp": q.stored_bits / q.n_params, "lzma_bpp": q.compressed_bits / q.n_params,
+                 "entropy_bpp": code.bits / q.n_params}
+        del big, q, dec, payload
+
     from importlib.metadata import version
 
     import gptqmodel
@@ -209,7 +237,7 @@ def main() -> None:
         "gptqmodel": gptqmodel.__version__, "constriction": version("constriction"),
         "cpu_count": os.cpu_count(), "torch_threads": args.threads, "source": source,
         "models": [d for _, d, _ in models], "quantize_embeddings": emb,
-        "calib_tokens": int(calib.numel()), "rows": rows, "skipped": skipped,
+        "calib_tokens": int(calib.numel()), "rows": rows, "skipped": skipped, "speed": speed,
     }))
     print(f"{'model':>10} {'N':>7} {'meth':>4} {'b':>2} {'g':>3} {'stored':>7} {'lzma':>7} "
           f"{'entropy':>7} {'ent/lzma':>8} {'exact':>5} {'enc MB/s':>8} {'dec MB/s':>8} "
@@ -223,6 +251,11 @@ def main() -> None:
     for s in skipped:
         print(f"# skipped {s['model']} {s['method']} b={s['bits']} g={s['group_size']}: "
               f"{s['reason']}")
+    if speed:
+        print(f"# speed, {speed['model']}: {speed['state_mb']:.1f} MB of stored tensors; encode "
+              f"{speed['encode_mb_s']:.2f} MB/s, decode {speed['decode_mb_s']:.2f} MB/s, lzma "
+              f"{speed['lzma_mb_s']:.2f} MB/s; bits/param stored {speed['stored_bpp']:.3f} lzma "
+              f"{speed['lzma_bpp']:.3f} entropy {speed['entropy_bpp']:.3f}")
     if rows:
         worst = max(rows, key=lambda r: r["entropy_bits"] / r["lzma_bits"])
         print(f"# bits/param (stored, lzma, entropy); entropy <= lzma in "
