@@ -36,15 +36,18 @@ a module's g_idx, qzeros, scales before its qweight; names sorted otherwise):
 * g_idx: 1 flag; canonical ``i // group_size`` (0 further bits) or raw 32-bit;
 * qzeros: mode Uniform(2): raw 32-bit words, or the unpacked b-bit symbols ("cat");
 * qweight: mode Uniform(3): raw words, "cat", or "catz" (codes coded with one table per value of
-  the code's zero point, which the decoder already has);
+  the code's zero point, which the decoder already has); Uniform(2) without "catz" when the
+  decoded g_idx points outside the groups;
 * scales and float tensors: mode Uniform(2): 16-bit planes or byte planes of the IEEE bits
   (little-endian); per plane a flag: raw (exactly 16 or 8 bits each) or "cat".
 
 "cat" over an alphabet [0, K) of n symbols (n known from the template): m-1 ~ Uniform(K); if
 m < K the set of present symbols (1 flag; a K-bit bitmap, or the m gaps as Elias-gamma-like
-integers); the first m-1 counts (Elias-gamma-like, bit length ~ Uniform(bitlen n)), the last
-count implied by the sum n; then the symbols with the static Categorical of those counts
-(nothing when m = 1).  Raw fields go through Uniform(2^k), k <= 16, which costs exactly k bits.
+integers); a precision shift s ~ Uniform(bitlen n), then either (s = 0) the first m-1 exact
+counts (Elias-gamma-like, bit length ~ Uniform(bitlen n)), the last implied by the sum n, or
+(s > 0) all m counts at precision 2^s, max(1, round(c / 2^s)); then the symbols with the static
+Categorical of those weights (nothing when m = 1).  The encoder picks s minimizing table +
+symbol bits (two-part MDL).  Raw fields go through Uniform(2^k), k <= 16, which costs exactly k bits.
 The encoder picks the shortest mode per tensor (and per plane) and sends the choice.
 
 No Dagster, no database, no network here.
@@ -65,7 +68,7 @@ import torch
 from .rtn import SUPPORTED_BITS, group_index, pack_fields, unpack_fields
 
 __all__ = [
-    "FORMAT", "EntropyCode", "EntropyTemplate", "EntropyDecodeError", "entropy_code",
+    "FORMAT", "FLOAT_DTYPES", "EntropyCode", "EntropyTemplate", "EntropyDecodeError", "entropy_code",
     "entropy_decode", "codeword_length", "elias_delta_bits", "elias_delta_parse",
 ]
 
@@ -74,7 +77,6 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FIXED_DTYPES = {"qweight": torch.int32, "qzeros": torch.int32, "g_idx": torch.int32,
                  "scales": torch.float16}
 _SUFFIX_RANK = {"g_idx": 1, "qzeros": 2, "scales": 3, "qweight": 4}
-_MAX_UNIFORM = 1 << 16          # every Uniform(size) this coder uses has size <= 2^16
 
 
 class EntropyDecodeError(ValueError):
