@@ -8,6 +8,7 @@ from genbound_assets.bounds.code_length import (
     CodeLength,
     code_length_nats,
     compressed_code_length,
+    entropy_code_length,
     nominal_code_length,
     stored_code_length,
 )
@@ -140,3 +141,18 @@ def test_nominal_validation(kwargs, match):
 def test_compressed_validation():
     with pytest.raises(ValueError, match="n_bytes"):
         compressed_code_length(0)
+
+
+def test_entropy_code_length_is_the_self_delimiting_length_as_is():
+    e = entropy_code_length(8000)
+    assert e.method == "entropy" and e.certified
+    assert e.bits == 8000                       # no 2 log2 L + 1: the length prefix is inside
+    assert e.bits < compressed_code_length(1000).bits
+    assert e.bits_per_param(1000) == 8
+    assert e.nats == pytest.approx(8000 * math.log(2))
+
+
+@pytest.mark.parametrize("bad", [0, -8, 1.5, float("nan"), True, "8"])
+def test_entropy_code_length_validation(bad):
+    with pytest.raises(ValueError, match="bits"):
+        entropy_code_length(bad)

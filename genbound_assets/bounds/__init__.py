@@ -10,6 +10,7 @@ from .code_length import (
     CodeLength,
     code_length_nats,
     compressed_code_length,
+    entropy_code_length,
     nominal_code_length,
     stored_code_length,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "code_length_nats",
     "complexity_from_code_length",
     "compressed_code_length",
+    "entropy_code_length",
     "decomposed_bound",
     "direct_bound",
     "freedman_bound",

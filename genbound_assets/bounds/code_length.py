@@ -12,6 +12,9 @@ of measuring it are offered, and only two certify the evaluated model:
   paragraph).
 * ``compressed_code_length``: e.g. the lzma size of the stored model.  Its length is data
   dependent, so App. A.2's prefix-free conversion adds 2 log2(L) + 1 bits.
+* ``entropy_code_length``: the length of measure/entropy_code.py's ANS code word for the stored
+  tensors.  The code word carries its own Elias-delta length prefix (it is self-delimiting), so
+  its length is used as is (docs/quantization.md, "Entropy-coded length").
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ._validate import finite_scalar, positive, positive_int
 class CodeLength:
     """A code length in bits and whether it certifies the evaluated model (Lemma 3.2's L(h)).
 
-    method: "nominal", "stored" or "compressed"; certified: True iff the bits are the length of
+    method: "nominal", "stored", "compressed" or "entropy"; certified: True iff the bits are the length of
     an actual prefix-free (or known-length) code decoding to the evaluated model.
     """
 
@@ -110,6 +113,23 @@ def compressed_code_length(n_bytes: int, length_known_in_advance: bool = False) 
     overhead = 2.0 * math.log2(raw) + 1.0
     return CodeLength("compressed", raw + overhead, True,
                       f"{n} bytes + prefix-free overhead 2 log2(L) + 1 = {overhead:.3f} bits")
+
+
+def entropy_code_length(bits: int) -> CodeLength:
+    """L(h) for the entropy-coded stored model (``measure.entropy_code.EntropyCode.bits``),
+    Lemma 3.2 with a prefix-free code.
+
+    The code word begins with an Elias-delta code of its own length, so the decoder finds its
+    end without looking past it: the code is prefix-free as it stands and App. A.2's
+    2 log2(L) + 1 conversion is not added (it is already paid, inside ``bits``).  The decoder
+    knows a priori only the architecture and the quantization settings; taking the shortest of
+    {stored, compressed, entropy} is a data-dependent choice among 3 codes, paid separately
+    (log 3 nats, ``bounds.choices``).
+    """
+    b = positive_int("bits", bits)
+    return CodeLength("entropy", float(b), True,
+                      f"{b} bits: self-delimiting ANS code word (Elias-delta length prefix "
+                      "included), decoded given the architecture and quantization settings")
 
 
 def code_length_nats(code_length: CodeLength | float) -> float:

@@ -156,6 +156,8 @@ def canonical_payload(state: Mapping[str, torch.Tensor], metadata: Mapping[str, 
     names = sorted(state)
     header = json.dumps({"tensors": [[n, str(state[n].dtype), list(state[n].shape)] for n in names],
                          "metadata": dict(sorted(metadata.items()))}, sort_keys=True).encode()
-    body = b"".join(state[n].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                    for n in names)
+    # reshape(-1) first: a [k, 1] tensor can be "contiguous" with a last-dim stride != 1
+    # (e.g. 2-bit qzeros of a 16-wide layer), which view(uint8) refuses.
+    body = b"".join(state[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                    .tobytes() for n in names)
     return len(header).to_bytes(8, "little") + header + body
