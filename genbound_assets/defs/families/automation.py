@@ -14,6 +14,7 @@
 """
 
 import json
+import logging
 import os
 
 import dagster as dg
@@ -29,6 +30,8 @@ from .watch import in_flight, needs_for, plan_tick, real_checkpoints
 # what the sensor and the schedule may request: every executable asset (not the stand-ins of
 # tables no asset claims, defs/sql/lineage.py)
 TARGET = dg.AssetSelection.all() - dg.AssetSelection.key_prefixes([TABLE_PREFIX])
+
+LOG = logging.getLogger("genbound.sensor")
 
 MAX_PER_TICK = int(os.environ.get("GENBOUND_SENSOR_MAX_PER_TICK", "200") or 200)
 INTERVAL_S = int(os.environ.get("GENBOUND_SENSOR_INTERVAL_S", "60") or 60)
@@ -76,6 +79,7 @@ def _new_checkpoints(jobs):
             plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK)
             for line in plan.log:
                 context.log.info(line)
+                LOG.info(line)   # also in the daemon's own log (and visible to tests)
                 skipped.append(line)
             if plan.add_models:
                 dyn.append(parts.model.build_add_request(plan.add_models))
