@@ -291,6 +291,16 @@ def test_step_folders_list_models_by_size_with_sidecar_counts(step_family):
         StepFoldersSource(step_family, T, B).list_checkpoints("llama-small")
 
 
+def test_models_of_one_family_must_share_one_order(step_family, tmp_path):
+    big = step_family / "llama-big" / "step10" / "genbound.json"
+    big.write_text(json.dumps({"tokens_seen": 10 * 2 * B * T}))      # twice the windows per step
+    token_data(tmp_path / "tokens.npy", n=20 * B * T + 1)
+    with pytest.raises(RunError) as e:
+        validate_user_run("step_folders", step_family, str(tmp_path / "tokens.npy"), T)
+    assert "gives windows_per_step 8 but" in str(e.value) and f"gives {B}" in str(e.value)
+    assert "one family reads one data order" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_step_folder_integrity_catches_duplicates_nan_and_shape(step_family):
     small = step_family / "llama-small"
     shutil.copytree(small / "step10", small / "step30")              # a duplicated step

@@ -392,9 +392,22 @@ class HFTrainerSource(_UserRunSource):
     _pattern = re.compile(r"^checkpoint-(\d+)$")
 
     def _state(self, folder: Path) -> dict:
-        doc = _read_json(folder / TRAINER_STATE, " (the Trainer writes it last: incomplete checkpoint)")
+        """trainer_state.json (cached per file version: a long run's log_history is large)."""
+        p = folder / TRAINER_STATE
+        try:
+            st = p.stat()
+            key = (str(p), st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        cache = self.__dict__.setdefault("_state_cache", {})
+        if key is not None and key in cache:
+            return cache[key]
+        doc = _read_json(p, " (the Trainer writes it last: incomplete checkpoint)")
         if not isinstance(doc, dict):
-            raise RunError(f"{folder / TRAINER_STATE}: expected a JSON object")
+            raise RunError(f"{p}: expected a JSON object")
+        doc = {k: doc.get(k) for k in ("global_step", "num_input_tokens_seen", "train_batch_size")}
+        if key is not None:
+            cache[key] = doc
         return doc
 
     def _incomplete_reason(self, step: int, folder: Path) -> str | None:
