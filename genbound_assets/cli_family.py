@@ -1,8 +1,8 @@
 """``genbound family``: the registry of checkpoint families genbound watches (docs/your-run.md).
 
-    genbound family add NAME PATH [--kind suite|hf_trainer|step_folders|...] [--data PATH]
+    genbound family add NAME PATH [--kind suite|pythia|hf_trainer|step_folders] [--data PATH]
                         [--context-length T] [--windows-per-step B] [--tokens-per-step N]
-                        [--profile NAME] [--replace]
+                        [--option KEY=JSON ...] [--profile NAME] [--replace]
     genbound family list
     genbound family remove NAME
 
@@ -29,9 +29,14 @@ def _fail(msg: str) -> None:
 
 
 def detect_kind(root: Path) -> str | None:
-    """The layout of ``root``: hf_trainer (checkpoint-<step>/), suite (step<N>/ with the suite's
-    checkpoint.json), step_folders (step<N>/), looked for in ``root`` and its sub-folders."""
+    """The layout of ``root``: pythia (a hub-layout mirror, ``EleutherAI/pythia-*``), hf_trainer
+    (checkpoint-<step>/), suite (step<N>/ with the suite's checkpoint.json), step_folders
+    (step<N>/), looked for in ``root`` and its sub-folders."""
     from genbound_assets.families.suite import MANIFEST_NAME
+
+    if (root / "EleutherAI").is_dir() and any(
+            d.name.startswith("pythia-") for d in (root / "EleutherAI").iterdir()):
+        return "pythia"
 
     def kinds(folder: Path) -> set[str]:
         out = set()
@@ -56,6 +61,22 @@ def detect_kind(root: Path) -> str | None:
     return None
 
 
+def _parse_options(items) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is JSON when it parses (true, 3, ["70m"]), else a string."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option must be KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def _model_names(spec) -> list[str]:
     """Model names of a registered family, read cheaply (no training data opened)."""
     root = Path(spec.checkpoints).expanduser()
@@ -69,6 +90,8 @@ def _model_names(spec) -> list[str]:
         from genbound_assets.families.sources import LocalCheckpointSource
 
         return LocalCheckpointSource(root).list_models() if root.is_dir() else []
+    if "://" not in spec.checkpoints and not root.is_dir():
+        return []
     from genbound_assets.families.registry import open_family
 
     return open_family(spec).source.list_models()
@@ -92,9 +115,12 @@ def family():
               help="B: windows per optimizer step (default: read from the run's token counts).")
 @click.option("--tokens-per-step", type=click.IntRange(min=1), default=None,
               help="tokens_seen = step x N when the run records no token counts (N = B x T).")
+@click.option("--option", "options", multiple=True, metavar="KEY=JSON",
+              help="A kind option (pythia: sizes='[\"70m\"]', deduped=true, ...); repeatable.")
 @click.option("--profile", default="demo", show_default=True, help="Settings profile name.")
 @click.option("--replace", is_flag=True, help="Replace a family registered under NAME.")
-def add(name, path, kind, data, context_length, windows_per_step, tokens_per_step, profile, replace):
+def add(name, path, kind, data, context_length, windows_per_step, tokens_per_step, options,
+        profile, replace):
     """Validate the checkpoints and data at PATH and register them as family NAME."""
     from genbound_assets.families.registry import (
         FAMILY_KINDS,
@@ -113,10 +139,15 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
             raise ValueError(f"--kind must be one of {', '.join(FAMILY_KINDS)}, got {kind!r}")
         if not isinstance(profile, str) or not profile.strip() or len(profile.split()) != 1:
             raise ValueError(f"--profile must be one word, got {profile!r}")
-        root = path.expanduser()
-        if not root.is_dir():
+        extra = _parse_options(options)
+        remote = "://" in str(path)          # pythia: hf://EleutherAI, the live hub
+        root = path if remote else path.expanduser()
+        if remote and kind is None:
+            raise ValueError(f"{path}: pass --kind for a remote checkpoint location")
+        if not remote and not root.is_dir():
             raise ValueError(f"{root}: no such folder")
-        root = root.resolve()
+        checkpoints = str(path) if remote else str(root.resolve())
+        root = Path(checkpoints)
         if kind is None:
             kind = detect_kind(root)
             if kind is None:
@@ -129,9 +160,12 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
         data_s = str(data.expanduser().resolve()) if data is not None else None
         notes: list[str] = []
         if kind in USER_KINDS:
+            if extra:
+                raise ValueError(f"--option does not apply to kind {kind} (use --context-length, "
+                                 "--windows-per-step, --tokens-per-step)")
             check = validate_user_run(kind, root, data_s, context_length, windows_per_step,
                                       tokens_per_step)
-            spec = FamilySpec(name=name, kind=kind, checkpoints=str(root), data=data_s,
+            spec = FamilySpec(name=name, kind=kind, checkpoints=checkpoints, data=data_s,
                               profile=profile, options=check.options)
             refs = check.checkpoints
             notes = check.notes
@@ -142,12 +176,12 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
             if given:
                 raise ValueError(f"{', '.join(given)} apply to kinds {' and '.join(USER_KINDS)} "
                                  f"only (kind {kind} records its own)")
-            spec = FamilySpec(name=name, kind=kind, checkpoints=str(root), data=data_s,
-                              profile=profile)
+            spec = FamilySpec(name=name, kind=kind, checkpoints=checkpoints, data=data_s,
+                              profile=profile, options=extra)
             fam = open_family(spec)
             refs = {m: fam.source.list_checkpoints(m) for m in fam.source.list_models()}
             if not any(refs.values()):
-                raise ValueError(f"{root}: no complete checkpoint")
+                raise ValueError(f"{checkpoints}: no complete checkpoint")
         # model names unique across all registered families
         mine = set(refs)
         for other in registered:

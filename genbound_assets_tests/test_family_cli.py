@@ -233,3 +233,66 @@ def test_step_folder_refusals_and_unique_model_names(runs, registry, tmp_path):
     refused(run("add", "t", other, "--kind", "suite", "--context-length", T),
             "--context-length apply to kinds hf_trainer and step_folders only")
     assert [s.name for s in load_families()] == ["suite", "s"]
+
+
+def test_step_folders_on_megatron_data_and_a_pythia_mirror(registry, tmp_path):
+    """The data may be a Megatron .bin/.idx pair (sequences of T+1 tokens: MegatronWindows), and
+    `family add` registers the pythia kind too (a hub-layout mirror, detected; --option)."""
+    from genbound_assets.data.megatron import MegatronWindows, write_mmap_dataset
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 64, T + 1) for _ in range(2 * B)]
+    prefix = write_mmap_dataset(tmp_path / "data" / "document", seqs)
+    root = write_step_folders(tmp_path / "run" / "gpt2-mega", tiny_gpt2(), steps=(0, 1, 2))
+    for s in (0, 1, 2):   # steps 1, 2 of B windows each: sidecars in tokens_seen = step·B·T
+        (root / f"step{s}" / "genbound.json").write_text(json.dumps({"tokens_seen": s * B * T}))
+    res = run("add", "mega", tmp_path / "run", "--data", f"{prefix}.bin", "--context-length", T)
+    assert res.exit_code == 0, res.output
+    fam = open_family(next(s for s in load_families() if s.name == "mega"))
+    assert isinstance(fam.order, MegatronWindows) and fam.order.trained_windows(2) == 2 * B
+    assert fam.source.list_checkpoints("gpt2-mega")[-1].tokens_seen == 2 * B * T
+    run("remove", "mega")
+    bad = write_mmap_dataset(tmp_path / "bad" / "document", [*seqs[:-1], np.full(T + 1, 99)])
+    refused(run("add", "mega", tmp_path / "run", "--data", bad, "--context-length", T),
+            "document: token id 99 >= vocab_size 64", "step2/config.json")
+    refused(run("add", "mega", tmp_path / "run", "--data", tmp_path / "data" / "nothing.bin",
+                "--context-length", T), "nothing.bin: missing (a Megatron dataset is a .bin/.idx pair)")
+
+    from test_pythia_family import tiny_neox
+
+    mirror = tmp_path / "mirror"
+    for s in (0, 1, 2):
+        tiny_neox(32, seed=s).save_pretrained(str(mirror / "EleutherAI" / "pythia-t1" / f"step{s}"))
+    res = run("add", "pythia_tiny", mirror, "--data", prefix, "--option", "sequence_length=16",
+              "--option", f"sequences_per_step={B}", "--option", 'sizes=["t1"]')
+    assert res.exit_code == 0, res.output
+    assert "kind pythia, 1 model(s), 3 checkpoint(s)" in res.stdout
+    spec = next(s for s in load_families() if s.name == "pythia_tiny")
+    assert spec.options == {"sequence_length": 16, "sequences_per_step": B, "sizes": ["t1"]}
+    refused(run("add", "p2", mirror, "--data", prefix, "--option", "sizes"),
+            "--option must be KEY=VALUE, got 'sizes'")
+    refused(run("add", "p2", tmp_path / "run", "--data", prefix, "--context-length", T,
+                "--option", "x=1"), "--option does not apply to kind step_folders")
+
+
+@pytest.mark.slow
+def test_sensor_plan_picks_up_a_registered_trainer_run(runs, registry, pg_clean):
+    """What the sensor new_checkpoints does on a tick (defs/families/watch.plan_tick): the
+    registered run's model and steps become partitions and its checkpoints get run requests;
+    integrity passes without a hash record."""
+    import dagster as dg
+
+    from genbound_assets.defs.families.partitions import family_parts
+    from genbound_assets.defs.families.watch import plan_tick
+    from genbound_assets.pipeline.settings import settings_for_profile
+
+    hf, _, data = runs
+    assert run("add", "mine", hf, "--data", data, "--context-length", T).exit_code == 0
+    spec = next(s for s in load_families() if s.name == "mine")
+    with dg.DagsterInstance.ephemeral() as instance:
+        plan = plan_tick(instance, family_parts(spec), open_family(spec), pg_clean,
+                         settings_for_profile(spec.profile), seen=set())
+    assert plan.add_models == ["llama-run"] and plan.add_steps == ["2", "4", "6"]
+    assert sorted(plan.handled) == ["llama-run|2", "llama-run|4", "llama-run|6"]
+    assert plan.events == [] and plan.requests          # nothing quarantined, work requested
+    assert not any("quarantined" in line for line in plan.log)

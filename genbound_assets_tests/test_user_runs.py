@@ -246,7 +246,9 @@ def test_incomplete_trainer_checkpoint_is_not_listed(hf_run, tmp_path):
     src = HFTrainerSource(copy, T, B)
     assert [r.step for r in src.list_checkpoints("run")] == [2, 4, 6]
     ok, bad = src.scan("run")
-    assert len(ok) == 3 and "no trainer_state.json" in bad[0]
+    assert len(ok) == 3 and bad == src.incomplete("run")
+    assert bad[0][0] == str(copy / "checkpoint-8") and "no trainer_state.json" in bad[0][1]
+    assert src.final_step("run") == 6        # trainer_state.json max_steps
     # a truncated weight file is incomplete too (a write in progress)
     st = copy / "checkpoint-4" / "model.safetensors"
     st.write_bytes(st.read_bytes()[:-100])

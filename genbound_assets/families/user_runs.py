@@ -85,7 +85,8 @@ __all__ = [
 TRAINER_STATE = "trainer_state.json"
 TRAINING_ARGS = "training_args.bin"
 SIDECAR = "genbound.json"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# the partition-key rule of defs/families/partitions.check_model_key (no '|', ',' or spaces)
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class RunError(ValueError):
@@ -96,7 +97,7 @@ def check_model_name(name: str, where: Path) -> str:
     """Model names become partition keys and rows of the ``models`` table."""
     if not _MODEL_NAME.match(name):
         raise RunError(f"{where}: model folder name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]"
-                       "{0,63} (it names the model's partitions); rename the folder")
+                       "{0,127} (it names the model's partitions); rename the folder")
     return name
 
 
@@ -273,9 +274,9 @@ class _UserRunSource(CheckpointSource):
     def _incomplete_reason(self, step: int, folder: Path) -> str | None:
         return weights_complete(folder)
 
-    def scan(self, model: str) -> tuple[list[tuple[int, Path]], list[str]]:
-        """(complete checkpoints as (step, folder), reasons the other checkpoint folders are not
-        complete)."""
+    def scan(self, model: str) -> tuple[list[tuple[int, Path]], list[tuple[str, str]]]:
+        """(complete checkpoints as (step, folder), (folder, reason) of the checkpoint folders
+        that are not complete yet)."""
         run = self.model_dirs().get(model)
         if run is None:
             return [], []
@@ -285,8 +286,13 @@ class _UserRunSource(CheckpointSource):
             if why is None:
                 ok.append((step, d))
             else:
-                bad.append(why)
+                bad.append((str(d), why))
         return ok, bad
+
+    def incomplete(self, model: str) -> list[tuple[str, str]]:
+        """(folder, reason) of checkpoint folders that are not complete yet (a write in
+        progress: no trainer_state.json yet, a shard missing, a weight file still short)."""
+        return self.scan(model)[1]
 
     def _require(self, model: str) -> list[tuple[int, Path]]:
         if not isinstance(model, str) or model not in self.model_dirs():
@@ -295,7 +301,7 @@ class _UserRunSource(CheckpointSource):
         ok, bad = self.scan(model)
         if not ok:
             raise RunError(f"{self.model_dirs()[model]}: no complete checkpoint"
-                           + (f" ({bad[0]})" if bad else ""))
+                           + (f" ({bad[0][1]})" if bad else ""))
         return ok
 
     # -- token counts ---------------------------------------------------------------------------
@@ -405,7 +411,7 @@ class HFTrainerSource(_UserRunSource):
         doc = _read_json(p, " (the Trainer writes it last: incomplete checkpoint)")
         if not isinstance(doc, dict):
             raise RunError(f"{p}: expected a JSON object")
-        doc = {k: doc.get(k) for k in ("global_step", "num_input_tokens_seen", "train_batch_size")}
+        doc = {k: doc.get(k) for k in ("global_step", "num_input_tokens_seen", "max_steps")}
         if key is not None:
             cache[key] = doc
         return doc
@@ -477,6 +483,15 @@ class HFTrainerSource(_UserRunSource):
                                f"not step {step} × B × (T+1) for any whole B")
             return windows // step, f"{folder / TRAINER_STATE} num_input_tokens_seen"
         return None, "trainer_state.json logs no num_input_tokens_seen"
+
+    def final_step(self, model: str) -> int | None:
+        """``max_steps`` of the latest checkpoint's trainer_state.json: the step training ends
+        at (the Trainer sets it from max_steps or epochs x steps per epoch)."""
+        ok, _ = self.scan(model)
+        if not ok:
+            return None
+        v = self._state(ok[-1][1]).get("max_steps")
+        return v if _nonneg_int(v) and v > 0 else None
 
     def training_args(self, model: str) -> tuple[dict[str, Any] | None, Path]:
         """The latest checkpoint's training arguments (``read_training_args``) and their file."""
@@ -552,26 +567,26 @@ def _megatron_prefix(p: Path) -> Path | None:
 
 
 def open_token_data(path, context_length: int, windows_per_step: int) -> WindowOrder:
-    """The training windows of a run: a ``.npy``/``.npz`` token array (``ArrayWindows``) or a
-    Megatron ``.bin``/``.idx`` pair (``data.megatron.MegatronWindows``), read as windows of T+1
-    tokens with stride T, B per step."""
+    """The training windows of a run: a ``.npy``/``.npz`` token array (``ArrayWindows``: windows
+    of T+1 tokens with stride T) or a Megatron ``.bin``/``.idx`` pair (``prefix``, ``prefix.bin``
+    or ``prefix.idx``; ``data.megatron.MegatronWindows``: window c = stored sequence c, each of
+    T+1 tokens), B windows per step."""
     p = Path(path).expanduser()
     prefix = _megatron_prefix(p)
     if prefix is not None:
         for suf in (".bin", ".idx"):
-            if not prefix.with_suffix(suf).is_file():
-                raise RunError(f"{prefix.with_suffix(suf)}: missing (a Megatron dataset is a "
-                               ".bin/.idx pair)")
+            f = prefix.with_name(prefix.name + suf)
+            if not f.is_file():
+                raise RunError(f"{f}: missing (a Megatron dataset is a .bin/.idx pair)")
         try:
             from genbound_assets.data.megatron import MegatronWindows
         except ImportError:
             raise RunError(f"{p}: reading Megatron .bin/.idx needs genbound_assets.data.megatron, "
                            "which this checkout lacks; convert the tokens to .npy") from None
-        try:
-            return MegatronWindows(str(prefix), context_length=context_length,
-                                   windows_per_step=windows_per_step)
+        try:   # each stored sequence must hold T+1 tokens (Pythia's preshuffled layout)
+            return MegatronWindows(prefix, context_length, windows_per_step)
         except ValueError as e:
-            raise RunError(f"{p}: {e}") from None
+            raise RunError(str(e) if str(prefix) in str(e) else f"{p}: {e}") from None
     try:
         return ArrayWindows.from_file(p, context_length, windows_per_step)
     except ValueError as e:
@@ -579,13 +594,18 @@ def open_token_data(path, context_length: int, windows_per_step: int) -> WindowO
 
 
 def _max_token_id(order: WindowOrder) -> int | None:
+    """The data's largest token id: ``order.max_token_id()``, or one chunked pass over its flat
+    token array (ArrayWindows ``tokens``, MegatronWindows ``dataset.tokens``)."""
     fn = getattr(order, "max_token_id", None)
     if callable(fn):
         return int(fn())
     toks = getattr(order, "tokens", None)
-    if isinstance(toks, np.ndarray) and toks.size:
-        return int(toks.max())
-    return None
+    if toks is None:
+        toks = getattr(getattr(order, "dataset", None), "tokens", None)
+    if not isinstance(toks, np.ndarray) or not toks.size:
+        return None
+    chunk = 1 << 24
+    return max(int(np.asarray(toks[i:i + chunk]).max()) for i in range(0, len(toks), chunk))
 
 
 def open_user_run(kind: str, checkpoints, data, options: dict[str, Any]) -> tuple[_UserRunSource, WindowOrder]:
@@ -650,9 +670,9 @@ def validate_user_run(kind: str, path, data, context_length: int | None,
         check_model_name(m, probe.model_dirs()[m])
     complete = {m: probe.scan(m) for m in models}
     if not any(ok for ok, _ in complete.values()):
-        bad = next((b[0] for _, b in complete.values() if b), "")
+        bad = next((b[0][1] for _, b in complete.values() if b), "")
         raise RunError(f"{root}: no complete checkpoint ({bad})")
-    notes = [f"{m}: {len(bad)} incomplete checkpoint folder(s) not listed ({bad[0]})"
+    notes = [f"{m}: {len(bad)} incomplete checkpoint folder(s) not listed ({bad[0][1]})"
              for m, (ok, bad) in complete.items() if bad]
     models = [m for m in models if complete[m][0]]
     configs = {m: probe.config(m) for m in models}
