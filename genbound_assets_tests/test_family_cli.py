@@ -148,7 +148,7 @@ def test_trainer_run_refusals_name_file_and_field(hf_copy, registry, tmp_path):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
-    Tokenizer(WordLevel({f"t{i}": i for i in range(70)}, unk_token="t0")).save(
+    Tokenizer(WordLevel({f"<{i}>": i for i in range(70)}, unk_token="<0>")).save(
         str(run_dir / "checkpoint-6" / "tokenizer.json"))
     refused(run(*add), "checkpoint-6/tokenizer.json: tokenizer vocabulary 70 exceeds vocab_size 64")
     (run_dir / "checkpoint-6" / "tokenizer.json").unlink()
