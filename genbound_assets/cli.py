@@ -320,6 +320,7 @@ except ModuleNotFoundError as e:  # the `suite` group lands separately; only its
         raise
 else:
     main.add_command(suite)
+main.add_command(__import__("genbound_assets.cli_family", fromlist=["family"]).family)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ Checkpoint ``step`` has trained on windows ``[0, step * windows_per_step)`` (Pyt
 number of targets in those windows.
 
 Implementations: :class:`StreamWindows` (the local suite: a TokenStream read as windows of T+1
-tokens with stride T) and ``data.megatron.MegatronWindows`` (Pythia's preshuffled Pile and runs
-stored in the same .bin/.idx format).  No torch, no Dagster, no database here.
+tokens with stride T), :class:`ArrayWindows` (a plain token array, e.g. a researcher's ``.npy``
+/ ``.npz``, read the same way with plain causal attention) and ``data.megatron.MegatronWindows``
+(Pythia's preshuffled Pile and runs stored in the same .bin/.idx format).  No torch, no Dagster, no database here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from .corpus import check_int
 from .stream import TokenStream
 
-__all__ = ["WindowBatch", "WindowOrder", "StreamWindows"]
+__all__ = ["WindowBatch", "WindowOrder", "StreamWindows", "ArrayWindows", "load_token_array"]
 
 IGNORE = -100   # label of a position that is not a target (a document-opening separator)
 
@@ -189,3 +190,131 @@ class StreamWindows(WindowOrder):
         h.update(self.stream.content_hash().encode())
         h.update(np.array([self.context_length, self.windows_per_step], dtype="<i8").tobytes())
         return h.hexdigest()
+
+
+def load_token_array(path) -> np.ndarray:
+    """A 1-D integer token array from ``.npy`` (memory-mapped, not read into memory) or
+    ``.npz`` (its ``tokens`` array, or its only array).  ValueError (one line, naming the file
+    and the field) for anything else."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"token file {p} does not exist")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+            field = "the array"
+        elif p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                names = list(z.files)
+                if "tokens" in names:
+                    field = "'tokens'"
+                elif len(names) == 1:
+                    field = repr(names[0])
+                else:
+                    raise ValueError(f"{p}: no 'tokens' array (arrays: {', '.join(names) or 'none'})")
+                arr = z[field.strip("'")]
+        else:
+            raise ValueError(f"{p}: token data must be .npy or .npz (or a Megatron .bin/.idx pair)")
+    except Exception as e:  # zip / header / pickle errors from numpy
+        if isinstance(e, ValueError) and str(e).startswith(f"{p}:"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{p}: unreadable token array: {type(e).__name__}: {msg}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{p}: {field} must be one-dimensional, got shape {tuple(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{p}: {field} must hold integer token ids, got dtype {arr.dtype}")
+    if len(arr) < 2:
+        raise ValueError(f"{p}: {field} holds {len(arr)} token(s); a window needs at least 2")
+    return arr
+
+
+class ArrayWindows(WindowOrder):
+    """A plain token array read in order as windows of T+1 tokens with stride T: window c =
+    tokens[c·T : (c+1)·T + 1], inputs its first T tokens, labels its last T (every one a
+    target), plain causal attention (``segments`` None: no document masking).
+
+    This is how a causal LM trained on consecutive (T+1)-token slices of one packed stream saw
+    its data (Megatron/GPT-NeoX and Pythia do exactly this; a Hugging Face ``Trainer`` fed
+    ``input_ids`` of T+1 tokens with ``labels = input_ids`` computes the same T targets).
+    ``tokens`` may be a read-only memory map (``load_token_array``); windows are gathered on
+    demand.  ``source`` names the file for messages and ``repr``."""
+
+    def __init__(self, tokens: np.ndarray, context_length: int, windows_per_step: int,
+                 source: str | None = None):
+        arr = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"tokens must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+        self.tokens = arr
+        self.source = source
+        self.context_length = check_int("context_length", context_length, 1)
+        self.windows_per_step = check_int("windows_per_step", windows_per_step, 1)
+        self._n = max(0, (len(arr) - 1) // self.context_length)
+        self._max_id: int | None = None
+        self._hash: str | None = None
+
+    @classmethod
+    def from_file(cls, path, context_length: int, windows_per_step: int) -> ArrayWindows:
+        """``load_token_array(path)`` read as windows (a .npy stays memory-mapped)."""
+        return cls(load_token_array(path), context_length, windows_per_step, source=str(path))
+
+    def __repr__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return (f"ArrayWindows({where}{len(self.tokens):,} tokens, T={self.context_length}, "
+                f"B={self.windows_per_step})")
+
+    @property
+    def n_windows(self) -> int:
+        return self._n
+
+    def _index(self, index) -> np.ndarray:
+        idx = np.asarray(index, dtype=np.int64).ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+            raise ValueError(f"window index out of range [0, {self._n})")
+        return idx
+
+    def batch(self, index) -> WindowBatch:
+        idx = self._index(index)
+        T = self.context_length
+        pos = idx[:, None] * T + np.arange(T + 1)[None, :]
+        toks = np.asarray(self.tokens[pos.ravel()], dtype=np.int64).reshape(pos.shape)
+        if toks.size and toks.min() < 0:
+            raise ValueError(f"negative token id {int(toks.min())} in the token array")
+        return WindowBatch(idx, toks[:, :-1].copy(), toks[:, 1:].copy(), None)
+
+    def target_counts(self) -> np.ndarray:
+        return np.full(self._n, self.context_length, dtype=np.int64)
+
+    def target_position(self, window, column) -> np.ndarray:
+        """Array position of target (window, column): window·T + column + 1."""
+        return np.asarray(window, dtype=np.int64) * self.context_length + np.asarray(column) + 1
+
+    def _chunks(self, chunk: int = 1 << 24):
+        for i in range(0, len(self.tokens), chunk):
+            yield np.asarray(self.tokens[i:i + chunk])
+
+    def max_token_id(self) -> int:
+        """The largest token id (one pass over the array, cached); ValueError on a negative id."""
+        if self._max_id is None:
+            lo, hi = 0, 0
+            for c in self._chunks():
+                lo, hi = min(lo, int(c.min())), max(hi, int(c.max()))
+            if lo < 0:
+                raise ValueError(f"{self.source or 'token array'}: negative token id {lo}")
+            self._max_id = hi
+        return self._max_id
+
+    def content_hash(self) -> str:
+        """sha256 over the tokens (int64 little-endian, any stored dtype), T and B."""
+        if self._hash is None:
+            import hashlib
+
+            h = hashlib.sha256(b"genbound-array-windows-v1")
+            h.update(np.array([len(self.tokens), self.context_length, self.windows_per_step],
+                              dtype="<i8").tobytes())
+            for c in self._chunks():
+                h.update(c.astype("<i8").tobytes())
+            self._hash = h.hexdigest()
+        return self._hash

@@ -7,11 +7,18 @@ A checkpoint is *quarantined* (never used silently) with a precise reason when
   files_metadata=True)``, compared without downloading the weights);
 * config.json or a weight file is unreadable, or config.json contradicts the manifest;
 * a tensor's shape contradicts config.json, a tensor the config implies is missing, or a tensor
-  is not one a ``GPTNeoXForCausalLM`` with that config has;
+  is not one the model class has (``AutoModelForCausalLM.from_config(config.json)`` built on
+  the meta device: any transformers causal LM, GPT-NeoX, Llama, GPT-2, ...; a tied output
+  embedding may be stored under either name or once);
 * a weight holds NaN or inf;
 * its weights (or one weight file) are byte-identical to another step of the same model -- a
   real Pythia defect: EleutherAI/pythia #205 (pythia-2.8b: 86 of 154 branches serve final-era
   weights), #195, #206 (pythia-12b step50000/58000 serve the final model's first shard).
+
+A source without an independent record of its files' hashes (``source.hash_record is None``: a
+researcher's own training run) cannot have a silently corrupted file detected by hash; its
+checkpoints get every other check (files readable, safetensors lengths, shapes vs config.json,
+finite weights, duplicates across steps) and the report says ``hash_record = NO_HASH_RECORD``.
 
 Fingerprints: ``fingerprint`` = "sha256:" + sha256 over the weight files' (name, sha256) lines,
 the same whether the sha256s come from local files or from the hub's LFS metadata; and
@@ -47,13 +54,17 @@ __all__ = [
     "tensor_fingerprint",
     "safetensors_required_size",
     "LEGACY_BUFFERS",
+    "NO_HASH_RECORD",
 ]
 
 # Buffers older GPT-NeoX checkpoints (Pythia's) carry that current transformers recomputes.
+# (GPT-2 checkpoints saved by older transformers carry the causal-mask buffers attn.bias and
+# attn.masked_bias the same way.)
 LEGACY_BUFFERS = (".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq",
-                  ".rotary_emb.inv_freq")
+                  ".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 # Saved (original) tensor names -> in-memory names of transformers' GPTNeoXForCausalLM.
 _ALIASES = {"embed_out.weight": "lm_head.weight"}
+NO_HASH_RECORD = "none: no independent hash record"
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class IntegrityReport:
     fingerprint: str | None                 # "sha256:<hex>" over weight files (name, sha256)
     tensor_fingerprint: str | None = None   # "tensors:<hex>" when the tensors were read
     file_sha256: dict[str, str] = field(default_factory=dict)  # weight file -> sha256
+    hash_record: str | None = None          # what file hashes were compared against
+                                            # ("manifest", "hub LFS metadata", NO_HASH_RECORD)
 
     @property
     def status(self) -> str:
@@ -140,13 +153,29 @@ def tensor_fingerprint(folder, weight_files: Iterable[str] | None = None) -> str
     return "tensors:" + h.hexdigest()
 
 
-def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    import torch
-    from transformers import GPTNeoXForCausalLM
+@dataclass(frozen=True)
+class _Expected:
+    shapes: dict[str, tuple[int, ...]]   # state_dict name -> shape (tied aliases included)
+    aliases: dict[str, str]              # tied alias -> canonical name
+    class_name: str
+    prefix: str                          # base_model_prefix ("gpt_neox", "model", "transformer")
 
-    with torch.device("meta"):
-        model = GPTNeoXForCausalLM(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+def _expected_shapes(config) -> _Expected:
+    """The tensors a checkpoint of ``config`` holds: the state_dict of the model class
+    ``AutoModelForCausalLM`` builds from it, on the meta device."""
+    from genbound_assets.families.sources import meta_model
+
+    model = meta_model(config)
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[n] = first[id(p)]
+        else:
+            first[id(p)] = n
+    return _Expected({k: tuple(v.shape) for k, v in model.state_dict().items()}, aliases,
+                     type(model).__name__, str(getattr(model, "base_model_prefix", "") or ""))
 
 
 class _Fault(Exception):
@@ -185,7 +214,8 @@ def _check_tensors(folder: Path, weight_names: list[str], config) -> str:
     """Shapes vs config, NaN/inf; returns the tensor fingerprint.  Raises _Fault."""
     import torch
 
-    expected = _expected_shapes(config)
+    exp = _expected_shapes(config)
+    expected = exp.shapes
     seen: dict[str, tuple[str, Any]] = {}
     for n in weight_names:
         try:
@@ -197,11 +227,14 @@ def _check_tensors(folder: Path, weight_names: list[str], config) -> str:
     for k in sorted(seen):
         n, t = seen[k]
         key = _ALIASES.get(k, k)
+        if key not in expected and exp.prefix and f"{exp.prefix}.{key}" in expected:
+            key = f"{exp.prefix}.{key}"   # saved from the base model (hub GPT-2: "h.0...")
         if key not in expected:
             if k.endswith(LEGACY_BUFFERS):
                 continue
-            raise _Fault(f"unexpected tensor {k} in {n}: a GPTNeoXForCausalLM with config.json has no such weight")
-        found.add(key)
+            raise _Fault(f"unexpected tensor {k} in {n}: a {exp.class_name} with config.json has "
+                         "no such weight")
+        found.add(exp.aliases.get(key, key))
         if tuple(t.shape) != expected[key]:
             raise _Fault(f"shape mismatch: {k} is {list(t.shape)} in {n} but config.json implies "
                          f"{list(expected[key])}")
@@ -211,7 +244,7 @@ def _check_tensors(folder: Path, weight_names: list[str], config) -> str:
                 n_nan = int(torch.isnan(t).sum())
                 n_inf = int(bad.sum()) - n_nan
                 raise _Fault(f"non-finite weights: {k} has {n_nan} NaN and {n_inf} inf values ({n})")
-    missing = sorted(set(expected) - found)
+    missing = sorted(set(expected) - set(exp.aliases) - found)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise _Fault(f"missing tensor {missing[0]}{more}: config.json implies it, no weight file has it")
@@ -271,7 +304,7 @@ def check_checkpoint(
     source: CheckpointSource,
     known_fingerprints: Mapping[tuple[str, int], Any] | Iterable[IntegrityReport] | None = None,
     hub_metadata: Any = None,
-    require_reference: bool = True,
+    require_reference: bool | None = None,
     check_tensors: bool = True,
 ) -> IntegrityReport:
     """Verify one checkpoint; never raises for a damaged checkpoint (returns quarantined).
@@ -281,14 +314,26 @@ def check_checkpoint(
     another step of the same model quarantines this one.  ``hub_metadata``: the hub's
     model_info(files_metadata=True) object (or its siblings list) for this revision; fetched via
     the source when None.  ``require_reference``: quarantine when no independent record of the
-    expected hashes can be had (else skip that comparison).  Without local files (a hub
+    expected hashes can be had (else skip that comparison); None (default): required exactly
+    when the source keeps one (``source.hash_record`` is not None: the suite's manifest, the
+    hub), so a researcher's own run is checked without one and its report says
+    ``hash_record == NO_HASH_RECORD``.  Without local files (a hub
     checkpoint not downloaded) only the metadata is checked: weight files listed, LFS sha256
     present, not a duplicate.
     """
-    def quarantine(reason, fp=None, tfp=None, files=None):
-        return IntegrityReport(ref.model, ref.step, False, reason, fp, tfp, dict(files or {}))
+    record = getattr(source, "hash_record", "independent record")
+    if require_reference is None:
+        require_reference = record is not None
+    origin = record or NO_HASH_RECORD
+    used = {"record": origin}
 
-    origin = "manifest" if isinstance(source, LocalCheckpointSource) else "hub LFS metadata"
+    def quarantine(reason, fp=None, tfp=None, files=None):
+        return IntegrityReport(ref.model, ref.step, False, reason, fp, tfp, dict(files or {}),
+                               used["record"])
+
+    def passed(fp, tfp, files):
+        return IntegrityReport(ref.model, ref.step, True, None, fp, tfp, dict(files), used["record"])
+
     try:
         digests = source.reference_digests(ref, hub_metadata)
     except Exception as e:
@@ -296,8 +341,10 @@ def check_checkpoint(
             what = "" if isinstance(source, LocalCheckpointSource) else f"no hub metadata for {ref.location}: "
             return quarantine(f"{what}{e}")
         digests = None
-    if digests is None and require_reference:
-        return quarantine(f"no independent record of {ref.location}'s file hashes")
+    if digests is None:
+        used["record"] = NO_HASH_RECORD
+        if require_reference:
+            return quarantine(f"no independent record of {ref.location}'s file hashes")
     folder = source.local_dir(ref)
     if folder is not None and not Path(folder).is_dir():
         return quarantine(f"checkpoint folder {folder} does not exist")
@@ -315,7 +362,7 @@ def check_checkpoint(
         dup = _duplicate_reason(ref.model, ref.step, {fp}, shas, known_fingerprints)
         if dup:
             return quarantine(dup, fp, None, shas)
-        return IntegrityReport(ref.model, ref.step, True, None, fp, None, shas)
+        return passed(fp, None, shas)
 
     folder = Path(folder)
     try:
@@ -336,12 +383,15 @@ def check_checkpoint(
         if not cfg_path.is_file():
             raise _Fault(f"missing file config.json in {folder}")
         try:
-            from transformers import GPTNeoXConfig
-
             raw = json.loads(cfg_path.read_text())
-            config = GPTNeoXConfig.from_dict(raw)
         except Exception as e:
             raise _Fault(f"unreadable config.json: {type(e).__name__}: {e}") from None
+        try:
+            from genbound_assets.families.sources import causal_lm_config
+
+            config = causal_lm_config(raw)
+        except ValueError as e:
+            raise _Fault(str(e)) from None
         if isinstance(source, LocalCheckpointSource):
             man, _ = read_manifest(folder, ref.model, ref.step)
             if man is not None and man.get("config_hash") != config_hash(config):
@@ -354,7 +404,7 @@ def check_checkpoint(
     dup = _duplicate_reason(ref.model, ref.step, fps, file_sha, known_fingerprints)
     if dup:
         return quarantine(dup, fp, tfp, file_sha)
-    return IntegrityReport(ref.model, ref.step, True, None, fp, tfp, file_sha)
+    return passed(fp, tfp, file_sha)
 
 
 def check_model(
@@ -362,7 +412,7 @@ def check_model(
     model: str,
     hub_metadata: Mapping[int, Any] | None = None,
     steps: Iterable[int] | None = None,
-    require_reference: bool = True,
+    require_reference: bool | None = None,
     check_tensors: bool = True,
 ) -> list[IntegrityReport]:
     """Check every checkpoint of ``model`` (or ``steps``), then quarantine *every* member of a

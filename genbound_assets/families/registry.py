@@ -34,7 +34,7 @@ __all__ = ["FAMILY_KINDS", "FamilySpec", "Family", "families_file", "load_famili
            "save_families", "add_family", "default_family", "open_family", "check_family_name"]
 
 FAMILIES_FILE_ENV = "GENBOUND_FAMILIES_FILE"
-FAMILY_KINDS = ("suite", "pythia")  # extended as sources are added (hf_trainer, ...)
+FAMILY_KINDS = ("suite", "pythia", "hf_trainer", "step_folders")   # extended as sources are added
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
@@ -156,6 +156,11 @@ def open_family(spec: FamilySpec) -> Family:
         return Family(spec, LocalCheckpointSource(root), order)
     if spec.kind == "pythia":
         return _open_pythia(spec)
+    if spec.kind in ("hf_trainer", "step_folders"):   # a researcher's own run (user_runs.py)
+        from .user_runs import open_user_run
+
+        source, order = open_user_run(spec.kind, spec.checkpoints, spec.data, spec.options)
+        return Family(spec, source, order)
     raise ValueError(f"family {spec.name}: no opener for kind {spec.kind!r}")
 
 

@@ -7,9 +7,14 @@
   listed.  Damage to the files of a listed checkpoint is ``integrity.check_checkpoint``'s job
   (it quarantines with a precise reason).
 * :class:`PythiaHubSource` serves EleutherAI's Pythia suite (8 sizes × 154 revisions) through
-  ``GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-<size>", revision="step<N>")``, or from
+  ``AutoModelForCausalLM.from_pretrained("EleutherAI/pythia-<size>", revision="step<N>")``, or from
   a local folder laid out like the hub (``<local_root>/EleutherAI/pythia-<size>/step<N>/``), or
   from the Hugging Face cache (``HF_HUB_OFFLINE=1`` works once the snapshot is cached).
+* A researcher's own run: ``families/user_runs.py`` (Hugging Face Trainer output, step folders).
+
+Every loader goes through ``AutoModelForCausalLM``: any transformers causal LM architecture
+(GPT-NeoX, Llama, GPT-2, ...), not only GPT-NeoX.  ``causal_lm_config`` / ``meta_model`` /
+``count_params`` read an architecture from its config.json alone (meta device: no memory).
 
 No Dagster and no database here.
 """
@@ -42,6 +47,9 @@ __all__ = [
     "hub_file_digests",
     "is_weight_file",
     "select_weight_files",
+    "causal_lm_config",
+    "meta_model",
+    "count_params",
 ]
 
 
@@ -96,19 +104,81 @@ def _check_attn(attn_implementation) -> None:
 
 
 def _from_pretrained(path_or_repo: str, dtype, attn_implementation, device, **kwargs):
-    from transformers import GPTNeoXForCausalLM
+    from transformers import AutoModelForCausalLM
 
     _check_dtype(dtype)
     _check_attn(attn_implementation)
     extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = GPTNeoXForCausalLM.from_pretrained(path_or_repo, dtype=dtype, **extra, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=dtype, **extra, **kwargs)
     model = model.to(device)
     model.eval()
     return model
 
 
+def causal_lm_config(raw: Mapping[str, Any], where: str = "config.json"):
+    """The transformers config of a causal LM from a config.json dict; ValueError (one line,
+    naming ``where``) if its ``model_type`` is missing, unknown to transformers, or not a causal
+    LM that ``AutoModelForCausalLM`` can build."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} is not a JSON object")
+    mt = raw.get("model_type")
+    if not isinstance(mt, str) or not mt:
+        raise ValueError(f"{where}: no 'model_type' field (not a transformers config.json)")
+    if mt not in CONFIG_MAPPING:
+        raise ValueError(f"{where}: model_type {mt!r} is unknown to this transformers version")
+    if mt not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{where}: model_type {mt!r} is not a causal LM (AutoModelForCausalLM "
+                         "cannot build it)")
+    try:
+        return CONFIG_MAPPING[mt].from_dict(dict(raw))
+    except Exception as e:  # config classes validate in many ways
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{where}: invalid {mt} config: {msg}") from None
+
+
+def meta_model(config):
+    """``AutoModelForCausalLM.from_config(config)`` on the meta device (shapes only, no memory)."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    log = logging.getLogger("transformers.configuration_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)   # e.g. GPT-2's default bos/eos id 50256 outside a tiny vocab
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    finally:
+        log.setLevel(level)
+
+
+def count_params(config) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts of a causal LM from its config (meta device).
+
+    total: every parameter once (tied input/output embeddings count once).  non-embedding:
+    total minus every ``nn.Embedding`` (token and learned position embeddings) and minus the
+    output embedding unless it is tied to the input one: Pythia's convention (N - 2·V·d for its
+    untied GPT-NeoX, which has no position embeddings) and Kaplan et al.'s for GPT-2."""
+    model = meta_model(config)
+    params = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in params.values())
+    emb = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    out = model.get_output_embeddings()
+    if out is not None and getattr(out, "weight", None) is not None:
+        emb[id(out.weight)] = out.weight
+    return int(total), int(total - sum(p.numel() for p in emb.values()))
+
+
 class CheckpointSource(ABC):
     """A family of checkpoints: models (sizes), each with checkpoints at training steps."""
+
+    #: What ``reference_digests`` compares the files against ("manifest", "hub LFS metadata"),
+    #: or None when the source has no independent record of its files' hashes (a researcher's
+    #: own run): integrity then checks what can be checked without one and says so.
+    hash_record: str | None = "independent record"
 
     @abstractmethod
     def list_models(self) -> list[str]:
@@ -125,7 +195,7 @@ class CheckpointSource(ABC):
     @abstractmethod
     def load_model(self, model: str, step: int, dtype=torch.float32,
                    attn_implementation: str | None = "eager", device="cpu"):
-        """A float ``GPTNeoXForCausalLM`` in eval mode."""
+        """A float causal LM (``AutoModelForCausalLM``: GPT-NeoX, Llama, GPT-2, ...) in eval mode."""
 
     # -- shared helpers ----------------------------------------------------------------------
 
@@ -199,6 +269,8 @@ def read_manifest(folder: Path, model: str | None = None, step: int | None = Non
 class LocalCheckpointSource(CheckpointSource):
     """``<root>/<model>/step<N>/`` checkpoints written by ``suite.train_suite``."""
 
+    hash_record = "manifest"
+
     def __init__(self, root):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -248,11 +320,7 @@ class LocalCheckpointSource(CheckpointSource):
             raise ValueError(f"{folder}/config.json is missing or unreadable: {e}") from e
         n, n_ne = man.get("n_params"), man.get("n_params_non_embedding")
         if not isinstance(n, int) or not isinstance(n_ne, int):
-            from transformers import GPTNeoXConfig
-
-            from genbound_assets.families.suite import count_params
-
-            n, n_ne = count_params(GPTNeoXConfig.from_dict(cfg))
+            n, n_ne = count_params(causal_lm_config(cfg, f"{folder}/config.json"))
         tps = man.get("tokens_per_step")
         ctx = man.get("context_length", cfg.get("max_position_embeddings"))
         return ModelInfo(name=model, n_params=int(n), n_params_non_embedding=int(n_ne),
@@ -371,7 +439,7 @@ class PythiaHubSource(CheckpointSource):
 
     Loading order: ``local_root/EleutherAI/pythia-<size>/step<N>/`` if it holds a config.json;
     else, with ``endpoint``, ``snapshot_download(..., endpoint=endpoint)`` then from_pretrained
-    of that folder; else ``GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-<size>",
+    of that folder; else ``AutoModelForCausalLM.from_pretrained("EleutherAI/pythia-<size>",
     revision="step<N>", cache_dir=cache_dir)`` (honours HF_HUB_OFFLINE / the HF cache).
 
     ``sizes`` restricts the models listed.  ``mirror_only=True`` (needs ``local_root``) serves a
@@ -381,6 +449,8 @@ class PythiaHubSource(CheckpointSource):
     ``tokens_per_step`` / ``context_length`` default to Pythia's (for runs stored this way with
     other constants).
     """
+
+    hash_record = "hub LFS metadata"
 
     def __init__(self, cache_dir=None, endpoint: str | None = None, local_root=None,
                  deduped: bool = False, hub_api=None, sizes=None, mirror_only: bool = False,

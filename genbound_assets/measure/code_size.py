@@ -10,7 +10,8 @@ Only a real code length may back a certified bound.  The stored tensors of h_q a
             canonical ``i // group_size`` (derivable from the shape and the group size, both fixed
             before quantization); counted at 32 bits otherwise
     float   everything else (embed_in, unquantized embed_out, LayerNorms, biases) at its stored
-            width (16 or 32 bits)
+            width (16 or 32 bits).  A tied input/output embedding is one stored tensor, counted
+            once (quantize.canonical_state keeps a single copy).
 
 ``stored_bits`` is the pure sum a test can check against a hand count; it is the length of a
 fixed-length code given the architecture and the storage format.

@@ -123,7 +123,7 @@ def require_eager_attention(model: torch.nn.Module) -> None:
         raise EagerAttentionRequired(
             f"Hessian-vector products need attn_implementation='eager', this model uses {impl!r} "
             "(fused SDPA/flash kernels have no double backward). Build it with "
-            "GPTNeoXConfig(..., attn_implementation='eager'), load it with "
+            "<Arch>Config(..., attn_implementation='eager'), load it with "
             "load_model_for_hessian(path) / from_pretrained(path, attn_implementation='eager'), "
             "or call model.set_attn_implementation('eager') first."
         )
@@ -142,6 +142,9 @@ def load_model_for_hessian(
 
 
 def _select_params(model: torch.nn.Module, params: ParamSelector) -> list[tuple[str, Any]]:
+    """Chosen (name, parameter) pairs in model order.  A tied parameter (shared input/output
+    embedding) is one parameter, listed once under its first name; its other name selects it
+    too."""
     named = list(model.named_parameters())
     if params is None:
         chosen = named
@@ -152,10 +155,14 @@ def _select_params(model: torch.nn.Module, params: ParamSelector) -> list[tuple[
         if isinstance(params, str):
             raise TypeError("params must be a sequence of names, not one string")
         by_name = dict(named)
-        unknown = [n for n in wanted if n not in by_name]
+        first: dict[int, str] = {}
+        alias: dict[str, str] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            alias[n] = first.setdefault(id(p), n)
+        unknown = [n for n in wanted if n not in by_name and n not in alias]
         if unknown:
             raise KeyError(f"unknown parameter names: {unknown[:5]}")
-        keep = set(wanted)
+        keep = {alias.get(n, n) for n in wanted}
         chosen = [(n, p) for n, p in named if n in keep]  # model order, not caller order
     if not chosen:
         raise ValueError("parameter selection is empty")
@@ -167,7 +174,9 @@ class HessianOperator:
 
     Parameters
     ----------
-    model : a causal LM returning ``.logits`` (GPT-NeoX), with eager attention.
+    model : a transformers causal LM returning ``.logits`` (GPT-NeoX, Llama, GPT-2, ...), with
+        eager attention (transformers' attention interface; models with their own eager code
+        path keep it).
     input_ids : LongTensor (B, T), T >= 2: fixed *training* windows (see the module docstring).
     params : None (all parameters, in ``named_parameters`` order), a sequence of parameter names,
         or a predicate ``(name, param) -> bool``.  The flattened vector concatenates the chosen

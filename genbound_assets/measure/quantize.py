@@ -1,11 +1,18 @@
-"""Quantize a GPT-NeoX checkpoint to h_q and account for its code length (Thm 3.4's b and L(h)).
+"""Quantize a causal LM checkpoint to h_q and account for its code length (Thm 3.4's b and L(h)).
 
 Primary path: GPTQ by GPTQModel 7.6 on CPU (``method="gptq"``), saved in the GPTQ v2 layout
 (int32-packed codes and zero points, float16 scales, int32 g_idx).  Baseline: round-to-nearest
 on the same group-wise asymmetric min-max grid (``method="rtn"``), written in the same layout.
-The evaluated model h_q is *decoded from the stored tensors* into a plain float32
-``GPTNeoXForCausalLM``; the code length is counted from the same tensors.  See
+The evaluated model h_q is *decoded from the stored tensors* into a plain float32 copy of the
+model (same class); the code length is counted from the same tensors.  See
 docs/quantization.md for the accounting rules and the failure rules.
+
+Architectures: any transformers causal LM whose transformer blocks sit in one ``nn.ModuleList``
+of ``num_hidden_layers`` blocks (GPT-NeoX, Llama/Mistral/Qwen, GPT-2, ...).  The quantized
+modules are the ``nn.Linear`` and GPT-2-style ``Conv1D`` layers inside those blocks (a Conv1D
+stores its weight as [in, out]; it is quantized and stored as the [out, in] matrix it applies,
+the layout GPTQModel writes for it).  Tied input/output embeddings are one parameter: stored,
+counted and decoded once.  GPTQ additionally needs GPTQModel to know the architecture.
 
 Nothing here touches Dagster, a database or the network.
 """
@@ -59,6 +66,7 @@ __all__ = [
     "QuantizationFailed", "QuantizedModel", "check_quantization", "quantize_model",
     "dequantize_state", "load_quantized", "layer_input_hessians", "reconstruction_errors",
     "gptq_quantize_weight", "quantized_module_names", "predicted_specs", "HQ_FILENAME",
+    "block_list_name", "canonical_state", "is_weight_layer", "tied_aliases", "weight_matrix",
 ]
 
 
@@ -105,7 +113,7 @@ def check_quantization(float_loss: float, quant_loss: float, max_gap_nats: float
 class QuantizedModel:
     """h_q: the decoded float model, its stored integer state, and its accounting (bits)."""
 
-    model: nn.Module                      # plain float32 GPTNeoXForCausalLM with W_hat weights
+    model: nn.Module                      # plain float32 copy of the model with W_hat weights
     tensors: dict[str, IntWeight]         # module prefix -> codes/scales/zeros/g_idx (unpacked)
     state: dict[str, torch.Tensor]        # exactly the stored tensors (the file hq.safetensors)
     specs: list[TensorSpec]               # one per stored tensor, with its role and width
@@ -115,6 +123,7 @@ class QuantizedModel:
     group_size: int
     quantize_embeddings: bool
     n_params: int                         # N: every parameter, embeddings and head included
+                                          # (tied embeddings once)
     nominal_bits: int                     # b * N (the paper's accounting; not a code length)
     stored_bits: int                      # counted stored bits: the fixed-length code L(h_q)
     file_tensor_bits: int                 # every stored tensor, derivable g_idx included
@@ -165,12 +174,71 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
     raise ValueError("module not found in model")
 
 
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers always has it
+        return ()
+    return Conv1D
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A layer GPTQ/RTN can quantize: ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2)."""
+    conv = _conv1d_type()
+    return isinstance(module, nn.Linear) or (bool(conv) and isinstance(module, conv))
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The [out, in] matrix a Linear/Conv1D applies (a Conv1D stores it transposed: [in, out])."""
+    conv = _conv1d_type()
+    if conv and isinstance(module, conv):
+        return module.weight.T
+    if isinstance(module, nn.Linear | nn.Embedding):
+        return module.weight
+    raise ValueError(f"{type(module).__name__} is not a Linear, Conv1D or Embedding layer")
+
+
+def _set_weight_matrix(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """The parameter value that makes ``module`` apply the [out, in] matrix ``w``."""
+    conv = _conv1d_type()
+    return w.T.contiguous() if conv and isinstance(module, conv) else w
+
+
+def block_list_name(model: nn.Module) -> str:
+    """Name of the ``nn.ModuleList`` holding the transformer blocks: the one of length
+    ``config.num_hidden_layers`` (``gpt_neox.layers``, ``model.layers``, ``transformer.h``)."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_layers = getattr(cfg, "num_hidden_layers", None)
+    found = [n for n, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 0 and (n_layers is None or len(m) == n_layers)
+             and any(is_weight_layer(x) for x in m.modules())]
+    if not found:
+        raise ValueError(f"{type(model).__name__}: no nn.ModuleList of {n_layers} transformer blocks "
+                         "with Linear/Conv1D layers found; genbound cannot quantize this architecture")
+    return min(found, key=lambda n: n.count("."))   # the outermost such list
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Parameter names that share storage with an earlier one (tied embeddings): alias ->
+    canonical name (the one ``named_parameters()`` reports)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[n] = first[id(p)]
+        else:
+            first[id(p)] = n
+    return out
+
+
 def quantized_module_names(model: nn.Module, quantize_embeddings: bool = False) -> list[str]:
-    """The Linear layers inside the transformer blocks (GPTQModel's GPT-NeoX module tree:
-    query_key_value, dense, dense_h_to_4h, dense_4h_to_h), plus embed_out and embed_in when
-    ``quantize_embeddings``."""
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and ".layers." in f".{n}."]
+    """The Linear/Conv1D layers inside the transformer blocks (``block_list_name``; the modules
+    GPTQModel's module trees list: GPT-NeoX query_key_value, dense, dense_h_to_4h, dense_4h_to_h;
+    Llama q/k/v/o_proj, gate/up/down_proj; GPT-2 c_attn, c_proj, c_fc, c_proj), plus the output
+    and input embeddings when ``quantize_embeddings``."""
+    prefix = block_list_name(model) + "."
+    names = [n for n, m in model.named_modules() if n.startswith(prefix) and is_weight_layer(m)]
     if quantize_embeddings:
         names += [_module_name(model, model.get_output_embeddings()),
                   _module_name(model, model.get_input_embeddings())]
@@ -190,8 +258,8 @@ def predicted_specs(model: nn.Module, bits: int, group_size: int = 32,
     covered: set[str] = set()
     for n in names:
         m = modules[n]
-        out_f, in_f = m.weight.shape
-        has_bias = isinstance(m, nn.Linear) and m.bias is not None
+        out_f, in_f = weight_matrix(m).shape
+        has_bias = is_weight_layer(m) and m.bias is not None
         specs += gptq_linear_specs(n, int(out_f), int(in_f), bits, group_size, has_bias)
         covered |= {f"{n}.weight", f"{n}.bias"}
     for name, p in model.named_parameters():
@@ -240,7 +308,7 @@ def _check_finite_params(model: nn.Module, what: str) -> None:
 def layer_input_hessians(model: nn.Module, names: list[str], calibration_input_ids,
                          batch_size: int = 8) -> dict[str, torch.Tensor]:
     """H = sum over calibration tokens of x x^T (float64, [in, in]) for the input x of each
-    named Linear, collected with forward hooks (the GPTQ Hessian up to the factor 2)."""
+    named Linear/Conv1D, collected with forward hooks (the GPTQ Hessian up to the factor 2)."""
     modules = dict(model.named_modules())
     windows = _windows(calibration_input_ids, model.config.vocab_size)
     if not windows:
@@ -255,8 +323,8 @@ def layer_input_hessians(model: nn.Module, names: list[str], calibration_input_i
         return hook
 
     for n in names:
-        if not isinstance(modules.get(n), nn.Linear):
-            raise ValueError(f"{n!r} is not a Linear module of the model")
+        if not is_weight_layer(modules.get(n)):
+            raise ValueError(f"{n!r} is not a Linear/Conv1D module of the model")
         hooks.append(modules[n].register_forward_hook(make_hook(n)))
     was_training = model.training
     model.eval()
@@ -279,13 +347,14 @@ def reconstruction_errors(float_model: nn.Module, quantized: QuantizedModel,
                           calibration_input_ids, names: list[str] | None = None) -> dict[str, float]:
     """Per-layer ||(W - W_hat) X||_F^2 = tr(D H D^T) with X the layer inputs of the *float*
     model on the calibration windows (D = W - W_hat, H = X X^T)."""
-    names = [n for n in (names or quantized.tensors) if isinstance(
-        dict(float_model.named_modules()).get(n), nn.Linear)]
+    names = [n for n in (names or quantized.tensors)
+             if is_weight_layer(dict(float_model.named_modules()).get(n))]
     hs = layer_input_hessians(float_model, names, calibration_input_ids)
     fm, qm = dict(float_model.named_modules()), dict(quantized.model.named_modules())
     out = {}
     for n in names:
-        d = fm[n].weight.detach().double().cpu() - qm[n].weight.detach().double().cpu()
+        d = (weight_matrix(fm[n]).detach().double().cpu()
+             - weight_matrix(qm[n]).detach().double().cpu())
         out[n] = float(torch.einsum("oi,ij,oj->", d, hs[n], d))
     return out
 
@@ -363,10 +432,12 @@ def dequantize_state(template: nn.Module, state: dict[str, torch.Tensor],
                      metadata: dict[str, str]) -> tuple[nn.Module, dict[str, IntWeight]]:
     """Decode stored tensors into a plain float32 copy of ``template``: every quantized module's
     weight = scale * (code - zero) from its packed tensors; every other parameter is the stored
-    tensor (cast to float32, exact).  Every parameter of the result comes from ``state``."""
+    tensor (cast to float32, exact).  Every parameter of the result comes from ``state``.  A
+    tied parameter is stored once (under either name; a second, identical copy is accepted)."""
     bits, _ = _parse_metadata(metadata)
     model = copy.deepcopy(template).float().cpu().eval()
     params = dict(model.named_parameters())
+    state = canonical_state(model, state)
     modules = dict(model.named_modules())
     new: dict[str, torch.Tensor] = {}
     tensors: dict[str, IntWeight] = {}
@@ -378,11 +449,11 @@ def dequantize_state(template: nn.Module, state: dict[str, torch.Tensor],
             raise ValueError(f"stored state lacks {e} for quantized module {prefix!r}") from None
         w = iw.dequantize()
         mod = modules.get(prefix)
-        if mod is None or tuple(mod.weight.shape) != tuple(w.shape):
+        if mod is None or not hasattr(mod, "weight") or tuple(weight_matrix(mod).shape) != tuple(w.shape):
             raise ValueError(f"quantized {prefix!r} decodes to {tuple(w.shape)}, which does not fit "
                              "the template")
         tensors[prefix] = iw
-        new[f"{prefix}.weight"] = w
+        new[f"{prefix}.weight"] = _set_weight_matrix(mod, w)
     for name, t in state.items():
         if name.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx"):
             continue
@@ -397,6 +468,28 @@ def dequantize_state(template: nn.Module, state: dict[str, torch.Tensor],
             raise ValueError(f"{name}: stored shape {tuple(t.shape)} != model {tuple(params[name].shape)}")
         params[name].copy_(t)
     return model, tensors
+
+
+def canonical_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every tied alias (``tied_aliases``) under its canonical name, once.
+
+    GPTQModel (like ``save_pretrained`` of some models) may write both names of a tied matrix;
+    the copies must be identical (else ValueError), and only one is kept, so a tied embedding is
+    stored, counted in the code length and decoded exactly once."""
+    aliases = tied_aliases(model)
+    if not any(k in aliases for k in state):
+        return state
+    out = {k: v for k, v in state.items() if k not in aliases}
+    for k, v in state.items():
+        if k not in aliases:
+            continue
+        canon = aliases[k]
+        if canon in out:
+            if out[canon].shape != v.shape or not torch.equal(out[canon], v):
+                raise ValueError(f"{k} is tied to {canon} in the model but the stored tensors differ")
+        else:
+            out[canon] = v
+    return out
 
 
 def load_quantized(path: str | os.PathLike, template: nn.Module
@@ -434,6 +527,22 @@ def _gptqmodel_log_level(level: int):
             lg.setLevel(lv)
 
 
+def _save_placeholder_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer over ids 0..V-1 (PreTrainedTokenizerFast) next to the float export.
+
+    GPTQModel.load always loads a tokenizer; with none saved, transformers picks the
+    architecture's default class (LlamaTokenizer needs sentencepiece) and fails.  Calibration
+    is given as token ids, so the tokenizer is never used to encode anything."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    vocab = {f"<{i}>": i for i in range(vocab_size)}
+    Tokenizer(WordLevel(vocab, unk_token="<0>")).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<0>", "pad_token": "<0>",
+        "eos_token": "<0>", "bos_token": "<0>", "model_max_length": 1 << 30}))
+
+
 def _run_gptqmodel(model: nn.Module, windows: list[torch.Tensor], bits: int, group_size: int,
                    lm_head_name: str | None, device: str, seed: int, work: Path, *,
                    damp_percent: float, batch_size: int, pack_impl: str
@@ -444,6 +553,7 @@ def _run_gptqmodel(model: nn.Module, windows: list[torch.Tensor], bits: int, gro
 
     float_dir, gptq_dir = work / "float", work / "gptqmodel"
     model.save_pretrained(str(float_dir))
+    _save_placeholder_tokenizer(float_dir, int(model.config.vocab_size))
     dynamic = None
     if lm_head_name is not None:
         # GPTQModel's lm_head default is 8-bit symmetric with an MSE grid search; override it to
@@ -468,7 +578,15 @@ def _run_gptqmodel(model: nn.Module, windows: list[torch.Tensor], bits: int, gro
         if quiet:
             stack.enter_context(contextlib.redirect_stdout(chatter))
             stack.enter_context(_gptqmodel_log_level(logging.WARNING))
-        qm = GPTQModel.load(str(float_dir), qc, dtype=dtype)
+        try:
+            qm = GPTQModel.load(str(float_dir), qc, dtype=dtype)
+        except Exception as e:  # an architecture GPTQModel has no module tree for, etc.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first.split(" for model ")[0][:200]
+            raise ValueError(
+                f"GPTQModel {gptqmodel.__version__} cannot load {type(model).__name__} "
+                f"(model_type {getattr(model.config, 'model_type', None)!r}): {first}; "
+                "use method='rtn'") from None
         # transformers 5 names GPT-NeoX's unembedding `lm_head`; GPTQModel 7.6 says `embed_out`.
         qm.lm_head = _module_name(qm.model, qm.model.get_output_embeddings())
         calib = [{"input_ids": w.tolist(), "attention_mask": [1] * w.numel()} for w in windows]
@@ -495,12 +613,12 @@ def _rtn_into(state: dict[str, torch.Tensor], model: nn.Module, name: str, bits:
     layout: the bias of a quantized Linear is stored as float16, as GPTQModel does)."""
     mod = dict(model.named_modules())[name]
     if iw is None:
-        iw = rtn_quantize(mod.weight, bits, group_size)
+        iw = rtn_quantize(weight_matrix(mod), bits, group_size)
     state.pop(f"{name}.weight", None)
     for k, v in pack_gptq(iw).items():
         state[f"{name}.{k}"] = v
     bias = getattr(mod, "bias", None)
-    if bias is not None and isinstance(mod, nn.Linear):
+    if bias is not None and is_weight_layer(mod):
         state[f"{name}.bias"] = bias.detach().cpu().to(torch.float16)
 
 
@@ -509,7 +627,7 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
                    device: str = "cpu", seed: int = 0, work_dir: str | os.PathLike | None = None,
                    *, damp_percent: float = 0.01, batch_size: int = 8,
                    pack_impl: str = "original") -> QuantizedModel:
-    """Quantize ``model`` (a GPTNeoXForCausalLM, not modified) to b bits and decode h_q.
+    """Quantize ``model`` (a transformers causal LM, not modified) to b bits and decode h_q.
 
     method: "gptq" (GPTQModel, Hessians from ``calibration_input_ids``) or "rtn" (same grid,
     no calibration needed).  group_size: columns per scale/zero group, -1 = one group per row.
@@ -517,7 +635,8 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
     from training data disjoint from the bound's sample (the caller's ``calibration_windows``);
     their sha256 and ``seed`` are recorded.  quantize_embeddings: also quantize embed_out (GPTQ,
     via GPTQModel's lm_head path when it can pack it, else the in-house GPTQ) and embed_in (RTN
-    per row: with one-hot inputs GPTQ's Hessian is diagonal and GPTQ reduces to RTN).
+    per row: with one-hot inputs GPTQ's Hessian is diagonal and GPTQ reduces to RTN); needs
+    untied embeddings.
     work_dir: keep the float export, GPTQModel's checkpoint and hq.safetensors there (else a
     temporary directory is used and removed).
 
@@ -541,7 +660,7 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
     names = quantized_module_names(model, quantize_embeddings)
     modules = dict(model.named_modules())
     for n in names:
-        in_f = modules[n].weight.shape[1]
+        in_f = weight_matrix(modules[n]).shape[1]
         if group_size != -1 and in_f % group_size:
             raise ValueError(f"{n}: in_features {in_f} is not a multiple of group_size {group_size}")
     out_name = _module_name(model, model.get_output_embeddings()) if quantize_embeddings else None
@@ -561,14 +680,19 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
         block_names = [n for n in names if n not in (out_name, in_name)]
         if method == "gptq":
             head_via_gptqmodel = out_name is not None and _gptqmodel_can_pack(
-                bits, *reversed(modules[out_name].weight.shape))
+                bits, *reversed(weight_matrix(modules[out_name]).shape))
             state, gptq_log, backend = _run_gptqmodel(
                 model, windows, bits, group_size, out_name if head_via_gptqmodel else None,
                 device, seed, work, damp_percent=damp_percent, batch_size=batch_size,
                 pack_impl=pack_impl)
+            state = canonical_state(cpu_model, state)
             tensor_methods.update(dict.fromkeys(block_names, "gptq:gptqmodel"))
             if head_via_gptqmodel:
                 tensor_methods[out_name] = "gptq:gptqmodel"
+            extra = sorted(k[: -len(".qweight")] for k in state
+                           if k.endswith(".qweight") and k[: -len(".qweight")] not in tensor_methods)
+            if extra:
+                raise RuntimeError(f"GPTQModel quantized modules genbound does not list: {extra[:4]}")
         else:
             state = {k: v.detach().cpu().clone() for k, v in cpu_model.state_dict().items()
                      if k in dict(cpu_model.named_parameters())}
@@ -594,7 +718,7 @@ def quantize_model(model: nn.Module, method: str = "gptq", bits: int = 4, group_
                     partial_meta = _metadata(tensor_methods, bits, group_size, method)
                     partial, _ = dequantize_state(cpu_model, state, partial_meta)
                     h = layer_input_hessians(partial, [out_name], windows)[out_name]
-                    iw = gptq_quantize_weight(modules[out_name].weight, h, bits, group_size,
+                    iw = gptq_quantize_weight(weight_matrix(modules[out_name]), h, bits, group_size,
                                               percdamp=damp_percent)
                     _rtn_into(state, cpu_model, out_name, bits, group_size, iw=iw)
                     tensor_methods[out_name] = "gptq:genbound"
