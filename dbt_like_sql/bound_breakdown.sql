@@ -10,7 +10,7 @@
 --   subsample_term       the price of certifying all D tokens from m sampled pairs
 --   remainder            bound minus the additive terms above (e.g. Delta C / s on
 --                        freedman_direct rows); left out when it is zero to rounding
--- and choice_cost_nats (nats, not per token: the post-hoc choices paid inside C; no share).
+-- and choice_cost_nats (nats, not per-token nats; the post-hoc choices paid inside C; no share).
 -- additive = whether the term is one of the summands of that row's bound.
 SELECT p.model,
        p.n_params,

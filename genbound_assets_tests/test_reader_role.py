@@ -174,9 +174,9 @@ def test_password_comes_from_the_env_or_a_private_file(store, monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_plain_postgres_urls_are_used_with_psycopg2(scheme):
-    url = f"{scheme}://u:p%40ss@db.example:5432/genbound?sslmode=require"
-    assert storage.validate_url(url) == \
-        "postgresql+psycopg2://u:p%40ss@db.example:5432/genbound?sslmode=require"
+    url = f"{scheme}://u:p%40ss@db.example:5432/genbound?sslmode=require"  # secret-scan: allow
+    want = "postgresql+psycopg2://u:p%40ss@db.example:5432/genbound?sslmode=require"  # secret-scan: allow
+    assert storage.validate_url(url) == want
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
