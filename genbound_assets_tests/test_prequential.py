@@ -76,6 +76,7 @@ def test_prequential_bound_feeds_freedman():
     assert pc.complexity(0.01) == pytest.approx(direct.complexity)
     sub = prequential_bound(x, y, w, 0.01, pc, loss_bounds=(0, w), grid_size=200)
     assert isinstance(sub.result, SubsampledBound) and not sub.certified
+    assert not sub.result.certified   # review: the nested result must not claim a certificate
     assert sub.result.complexity_nats == pc.nats
     assert sub.bound > sub.result.freedman_part
 

@@ -17,6 +17,7 @@ result is an *estimate*: certified=False, and so is every bound built on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -116,4 +117,7 @@ def prequential_bound(losses, proxies, loss_range: float, delta: float,
         res = subsampled_freedman_bound(losses, proxies, loss_range, delta, complexity.n_tokens,
                                         loss_bounds, complexity_nats=complexity.nats,
                                         grid_size=grid_size, **subsample_kwargs)
+    if hasattr(res, "certified"):
+        # K(h) is an eq. (5) estimate, so nothing inside this result certifies anything either
+        res = dataclasses.replace(res, certified=False)
     return PrequentialBound(complexity=complexity, result=res, bound=float(res.bound))
