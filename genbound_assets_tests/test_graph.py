@@ -48,7 +48,7 @@ def test_every_asset_materializes(graph):
     steps = instance.get_dynamic_partitions(f"{FAMILY}__step")
     assert sorted(models) == ["m-a", "m-b"] and len(steps) >= 3
     real = {f"{m}|{s}" for m in models for s in steps}      # one step grid: no phantom cell
-    for key, asset in _keys(defs).items():
+    for key, _asset in _keys(defs).items():
         done = instance.get_materialized_partitions(key)
         name = key.path[-1]
         if name in ("checkpoint", "checkpoint_loss"):

@@ -20,7 +20,12 @@ from genbound_assets.pipeline.bounds_step import (
 from genbound_assets.pipeline.design import draw_uniforms, evaluation_design
 from genbound_assets.pipeline.losses_step import evaluate_design
 from genbound_assets.pipeline.quantize_step import packing_problems, quantize_checkpoint
-from genbound_assets.pipeline.settings import PROFILES, CertifySettings, QuantConfig, parse_quant_grid
+from genbound_assets.pipeline.settings import (
+    PROFILES,
+    CertifySettings,
+    QuantConfig,
+    parse_quant_grid,
+)
 
 MICRO = PROFILES["micro"]
 
