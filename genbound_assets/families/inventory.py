@@ -77,12 +77,14 @@ def train_tokens(order: WindowOrder, step: int) -> int:
 
 
 def selected_steps(n_params: int, d_by_step: Mapping[int, int], selection: str,
-                   tokens_per_param: float = 20.0, final_step: int | None = None) -> set[int]:
+                   tokens_per_param: float = 20.0, final_step: int | None = None,
+                   tolerance: float = 0.05) -> set[int]:
     """The checkpoints the automation quantizes and bounds.
 
-    ``compute_optimal``: the bracket around D* = tokens_per_param · N (the last checkpoint with
-    D < D* and the first with D >= D*; Sec. 2.2, the interpolation of Sec. 4 needs both) and the
-    final checkpoint of training (when the source knows the final step and it is present);
+    ``compute_optimal``: the first checkpoint with D >= D* = tokens_per_param · N, and, unless it
+    is within ``tolerance`` of D* (then it *is* the compute-optimal checkpoint, Sec. 2.2), the
+    last one with D < D* too (the bracket the interpolation of Sec. 4 needs); and the final
+    checkpoint of training (when the source knows the final step and it is present).
     ``all``: every checkpoint with D > 0; ``none``: nothing.
     """
     steps = sorted(s for s, d in d_by_step.items() if d > 0)
@@ -98,7 +100,8 @@ def selected_steps(n_params: int, d_by_step: Mapping[int, int], selection: str,
     out = {final_step} if final_step in d_by_step and d_by_step[final_step] > 0 else set()
     if above:
         out.add(above[0])
-    if below:
+    close = bool(above) and (d_by_step[above[0]] - d_star) <= tolerance * d_star
+    if below and not close:
         out.add(below[-1])
     return out
 

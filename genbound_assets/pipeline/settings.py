@@ -81,7 +81,8 @@ class CertifySettings:
     delta_split: float = 0.1           # sampled designs: share of delta for the martingale part
     grid_size: int = 1000              # |K| (Thm 3.1's grid of s), the paper's
     # -- quantization: the grid is declared before data; the choice among it is paid log|grid|
-    quant_grid: tuple[QuantConfig, ...] = (QuantConfig("gptq", 3, 16), QuantConfig("gptq", 4, 16))
+    quant_grid: tuple[QuantConfig, ...] = tuple(
+        QuantConfig("gptq", b, g) for b in (2, 3, 4) for g in (16, -1))
     reference_config: QuantConfig = QuantConfig("gptq", 4, 16)   # the paper's recipe (b = 4)
     quantize_embeddings: bool = True   # tiny models: embeddings are most of N
     n_calibration_windows: int = 16    # GPTQ calibration = the exact stratum of sampled designs
