@@ -17,7 +17,6 @@ deterministic).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,15 +44,15 @@ def suite_ready(root: Path, models: list[str]) -> bool:
 
 
 def demo_instance(home: Path):
-    """A persistent Dagster instance at ``home`` (DAGSTER_HOME; telemetry off)."""
+    """The persistent Dagster instance at ``home`` (what `genbound ui` uses as DAGSTER_HOME;
+    telemetry off)."""
     import dagster as dg
 
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def _execute(defs, instance, selection, tags=None, partition_key=None):

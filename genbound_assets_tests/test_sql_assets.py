@@ -23,6 +23,7 @@ import sample_store
 import sqlalchemy as sa
 
 from genbound_assets import storage
+from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.sql.assets import build_sql_assets
 from genbound_assets.defs.sql.lineage import (
     SQL_VIEW_KEY,
@@ -53,7 +54,8 @@ def _materialize(defs: dg.Definitions, pg_url: str, selection=None, raise_on_err
     with dg.instance_for_test() as instance:
         return dg.materialize(
             _assets(defs), selection=selection or dg.AssetSelection.groups("sql"),
-            resources={"postgres": PostgresResource(database_url=pg_url)},
+            resources={"postgres": PostgresResource(database_url=pg_url),
+                       "genbound": GenboundResource()},
             instance=instance, raise_on_error=raise_on_error)
 
 

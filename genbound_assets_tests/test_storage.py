@@ -43,7 +43,8 @@ def test_schema_creation_is_idempotent(pg_engine):
     assert set(storage.TABLES) <= names
     assert storage.TABLES == (
         "models", "checkpoints", "token_samples", "token_losses", "checkpoint_losses",
-        "quantized_models", "hessian_spectra", "bounds", "power_law_fits",
+        "quantized_models", "hessian_spectra", "bounds", "token_loss_sets", "token_loss_arrays",
+        "compute_optimal", "power_law_fits",
     )
     for table in storage.TABLES:  # every table is stamped
         cols = {c["name"] for c in sa.inspect(pg_engine).get_columns(table)}

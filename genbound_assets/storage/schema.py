@@ -311,6 +311,7 @@ token_loss_arrays = Table(
     Column("dtype", Text, nullable=False),  # numpy dtype string, little-endian
     Column("n", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+    _stamp(),
     PrimaryKeyConstraint("model", "step", "name", "chunk", name="token_loss_arrays_pkey"),
 )
 
