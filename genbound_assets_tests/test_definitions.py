@@ -139,46 +139,15 @@ def test_webserver_serves_the_code_location(pg_engine, pg_url, tmp_path, monkeyp
     monkeypatch.setenv(storage.DATA_DIR_ENV, str(tmp_path))
     port = _free_port()
     _, env = ui_command("127.0.0.1", port, REPO / "workspace.yaml")
-    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - closed in finally
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - closed by _stop
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
          "-h", "127.0.0.1", "-p", str(port)],
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, preexec_fn=_restore_signals,
     )
-    started: list[psutil.Process] = []
     try:
-        entries, deadline = None, time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/graphql",
-                    data=json.dumps({"query": LOCATIONS_QUERY}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(req, timeout=5) as resp:
-                    body = json.load(resp)
-                entries = body["data"]["workspaceOrError"]["locationEntries"]
-                if entries and entries[0]["loadStatus"] == "LOADED":
-                    break
-            except (OSError, KeyError, ValueError):
-                pass
-            time.sleep(0.5)
-        started = psutil.Process(proc.pid).children(recursive=True)
-        log.flush()
-        assert entries and entries[0]["name"] == "genbound", (tmp_path / "ui.log").read_text()[-3000:]
-        assert entries[0]["loadStatus"] == "LOADED"
-        assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation", entries
+        entries = wait_loaded(port, proc, tmp_path / "ui.log")
+        assert entries[0]["name"] == "genbound"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        _, alive = psutil.wait_procs(started, timeout=15)
-        for p in alive:  # anything that left the group: stop it by pid
-            p.kill()
-        log.close()
-    assert not alive, f"left running after SIGTERM: {alive}"
+        _stop(proc, log)

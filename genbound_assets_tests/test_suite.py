@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from genbound_assets.data.stream import TokenStream, build_stream, training_chunks
+from genbound_assets.data.stream import TokenStream, training_chunks
 from genbound_assets.families import suite as S
+from genbound_assets_tests.micro import micro_stream
 
 # Brown as the demo tokenizes it (byte-level, V = 257): 5,965,970 tokens in 500 documents.
 BROWN_TOKENS, BROWN_DOCS, DEMO_V = 5_965_970, 500, 257
@@ -21,17 +22,7 @@ BROWN_TOKENS, BROWN_DOCS, DEMO_V = 5_965_970, 500, 257
 
 def markov_stream(n_docs=120, vocab=23, seed=0, lo=40, hi=260) -> TokenStream:
     """A small stream with learnable structure (a random sparse bigram chain); separator = vocab."""
-    rng = np.random.default_rng(seed)
-    nxt = rng.integers(0, vocab, size=(vocab, 3))
-    docs = []
-    for _ in range(n_docs):
-        n = int(rng.integers(lo, hi))
-        d = np.empty(n, dtype=np.int64)
-        d[0] = rng.integers(vocab)
-        for i in range(1, n):
-            d[i] = nxt[d[i - 1], rng.integers(3)]
-        docs.append(d)
-    return build_stream(docs, vocab)
+    return micro_stream(n_docs=n_docs, vocab=vocab, seed=seed, lo=lo, hi=hi)
 
 
 def fake_brown_stream() -> TokenStream:

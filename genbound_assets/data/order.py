@@ -88,6 +88,14 @@ class WindowOrder(ABC):
     def tokens_per_step(self) -> int:
         return self.windows_per_step * self.context_length
 
+    def _index(self, index) -> np.ndarray:
+        """Window indices as a 1-D int64 array, each checked to lie in [0, n_windows)."""
+        idx = np.asarray(index, dtype=np.int64).ravel()
+        n = self.n_windows
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"window index out of range [0, {n})")
+        return idx
+
     def trained_windows(self, step: int) -> int:
         """Windows checkpoint ``step`` trained on: ``step * windows_per_step``."""
         step = check_int("step", step, 0)
@@ -154,12 +162,6 @@ class StreamWindows(WindowOrder):
     @property
     def n_windows(self) -> int:
         return self._n
-
-    def _index(self, index) -> np.ndarray:
-        idx = np.asarray(index, dtype=np.int64).ravel()
-        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
-            raise ValueError(f"window index out of range [0, {self._n})")
-        return idx
 
     def batch(self, index) -> WindowBatch:
         idx = self._index(index)
@@ -268,12 +270,6 @@ class ArrayWindows(WindowOrder):
     @property
     def n_windows(self) -> int:
         return self._n
-
-    def _index(self, index) -> np.ndarray:
-        idx = np.asarray(index, dtype=np.int64).ravel()
-        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
-            raise ValueError(f"window index out of range [0, {self._n})")
-        return idx
 
     def batch(self, index) -> WindowBatch:
         idx = self._index(index)
