@@ -21,11 +21,13 @@ chosen by a rule, and the intervals are the regression's, under its noise model
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import OptimizeWarning
 
 from .power_law import fit_offset_power_law, fit_power_law
 
@@ -231,8 +233,10 @@ def fit_quantity(spec: FitSpec, points: Sequence[SizePoint],
             + (" (every training target was evaluated: no subsample step)"
                if spec.quantity == "subsample_term" and max(y) <= 0 else "")))
     try:
-        fit = fit_power_law(x, y) if spec.form == "power" else fit_offset_power_law(x, y)
-    except ValueError as e:
+        with warnings.catch_warnings():   # an unidentified covariance is caught below
+            warnings.simplefilter("ignore", OptimizeWarning)
+            fit = fit_power_law(x, y) if spec.form == "power" else fit_offset_power_law(x, y)
+    except (ValueError, ArithmeticError) as e:
         return ScalingFit(**base, status="not_fitted", note=f"fit failed: {e}")
     lo = {k: v[0] for k, v in fit.conf_int.items()}
     hi = {k: v[1] for k, v in fit.conf_int.items()}
