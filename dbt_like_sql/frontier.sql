@@ -11,7 +11,8 @@
 --   gap_ratio          headline_gap / paper_recipe_gap (< 1: the headline charges less)
 -- and N, D, N/D (D/N in tokens_per_param; the rule's D* and D*/N beside them), the step, Σ
 -- (Thm 3.4's), the headline's code length (bits and bits per parameter), the paper's nominal
--- b*N bits and the prequential K(h) bits of that checkpoint.
+-- b*N bits and the prequential K(h) bits of that checkpoint (an estimate; interpolated like the
+-- other rows when the selection is).
 -- certified is true when the model's compute-optimal checkpoint exists and its headline is
 -- certified.  When D* falls between two checkpoints, the interpolated rows (linear in N/D,
 -- step = the upper checkpoint, interpolated = true) are shown with certified = false; a model
@@ -51,6 +52,18 @@ w AS (
            max(code_length_bits) FILTER (WHERE method = 'prequential') AS prequential_bits
     FROM picked
     GROUP BY model
+),
+-- K(h) of an interpolated selection when no interpolated prequential row exists: the same
+-- linear interpolation in N/D between the bracketing checkpoints (weight_hi)
+pre_bracket AS (
+    SELECT co.model,
+           (1 - co.weight_hi) * max(b.code_length_bits) FILTER (WHERE b.step = co.step_lo)
+           + co.weight_hi * max(b.code_length_bits) FILTER (WHERE b.step = co.step_hi) AS bits
+    FROM co
+    JOIN bounds AS b ON b.model = co.model AND b.method = 'prequential' AND NOT b.interpolated
+                    AND b.step IN (co.step_lo, co.step_hi)
+    WHERE co.use_interpolated
+    GROUP BY co.model, co.weight_hi
 )
 SELECT coalesce(m.family, w.family) AS family,
        co.model,
@@ -87,10 +100,11 @@ SELECT coalesce(m.family, w.family) AS family,
        w.code_length_bits,
        w.code_length_bits / nullif(coalesce(co.n_params, w.n_params, m.n_params), 0) AS bits_per_param,
        w.nominal_bits,
-       w.prequential_bits,
+       coalesce(w.prequential_bits, pb.bits) AS prequential_bits,
        ln(m.vocab_size::float8) AS random_guess_loss,
        coalesce(co.certified AND NOT co.use_interpolated AND w.headline_certified, false) AS certified,
        co.note
 FROM co
 LEFT JOIN w ON w.model = co.model
+LEFT JOIN pre_bracket AS pb ON pb.model = co.model
 LEFT JOIN models AS m ON m.model = co.model
