@@ -18,13 +18,17 @@
 -- step = the upper checkpoint, interpolated = true) are shown with certified = false; a model
 -- with no bounded checkpoint yet has a row with NULL bounds and the reason in note.
 WITH co AS (
-    SELECT c.*,
+    SELECT c.model, c.n_params, c.tokens_per_param, c.d_star, c.step, c.n_train_tokens,
+           c.step_lo, c.step_hi, c.weight_hi, c.certified, c.note,
            c.step IS NULL AS use_interpolated,
            coalesce(c.step, c.step_hi) AS at_step
     FROM compute_optimal AS c
 ),
 picked AS (
-    SELECT DISTINCT ON (b.model, b.method) b.*
+    SELECT DISTINCT ON (b.model, b.method)
+           b.model, b.method, b.family, b.n_params, b.bound, b.certified, b.empirical_risk,
+           b.delta, b.design, b.quantizer, b.bits, b.group_size, b.code_length_method,
+           b.code_length_bits, b.sigma
     FROM bounds AS b
     JOIN co ON co.model = b.model AND b.step = co.at_step AND b.interpolated = co.use_interpolated
     ORDER BY b.model, b.method, b.computed_at DESC

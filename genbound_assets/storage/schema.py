@@ -339,6 +339,8 @@ compute_optimal = Table(
 power_law_fits = Table(
     "power_law_fits",
     metadata,
+    # first, so that the key's column order is the table's (create_schema compares them)
+    Column("family", Text, nullable=False, server_default=""),
     Column("quantity", Text, nullable=False),
     Column("form", Text, nullable=False),
     Column("selection", Text, nullable=False, server_default=""),
@@ -351,7 +353,6 @@ power_law_fits = Table(
     Column("residuals", ARRAY(Double)),
     Column("certified", Boolean, nullable=False, server_default=sa.false()),
     _stamp(),
-    Column("family", Text, nullable=False, server_default=""),
     # ok | not_enough_sizes (a record, not a fit) | not_fitted (the note says why)
     Column("status", Text, nullable=False, server_default="ok"),
     Column("note", Text),
