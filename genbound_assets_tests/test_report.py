@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 import pytest
 import sample_store
 from click.testing import CliRunner

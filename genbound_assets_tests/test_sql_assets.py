@@ -23,6 +23,7 @@ import sample_store
 import sqlalchemy as sa
 
 from genbound_assets import storage
+from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.sql.assets import build_sql_assets
 from genbound_assets.defs.sql.lineage import (
     SQL_VIEW_KEY,
@@ -31,7 +32,6 @@ from genbound_assets.defs.sql.lineage import (
     table_key,
     writes,
 )
-from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.store.resources import PostgresResource
 
 REPO = Path(__file__).resolve().parents[1]

@@ -80,7 +80,7 @@ def _size_axis(ax, log_y: bool = False, sizes=None) -> None:
         if 0 < lo and hi / lo < 10:   # less than a decade: plain numbers, not 2×10^0
             from matplotlib.ticker import FuncFormatter
 
-            plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+            plain = FuncFormatter(lambda v, _: human(v) if abs(v) >= 1000 else f"{v:.3g}")
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("model size N (parameters, log scale)")
@@ -112,7 +112,7 @@ def bound_vs_n(df: pl.DataFrame):
     """Fig. 2 (left): the bounds and the empirical risk at each size's compute-optimal
     checkpoint vs N.  Columns (view frontier): n_params, certified, headline, decomposed, azuma,
     paper_recipe, empirical_risk_h, random_guess_loss."""
-    fig = new_figure()
+    fig = new_figure(7.6, 4.8)
     ax = fig.add_subplot()
     d = df.filter(pl.col("n_params").is_not_null()).sort("n_params")
     x = d["n_params"].to_numpy()
@@ -126,7 +126,7 @@ def bound_vs_n(df: pl.DataFrame):
     _log_v_lines(ax, d)
     _size_axis(ax, sizes=x)
     ax.set_ylabel("loss or bound (nats per token)")
-    ax.legend(fontsize=7.5, loc="upper right")
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7.5, frameon=False)
     ax.margins(y=0.08)
     return fig
 
@@ -233,7 +233,8 @@ def sigma_vs_n(points: pl.DataFrame, curves: list[dict]):
         _fit_band(ax, c)
     _size_axis(ax, sizes=p["n_params"].to_list())
     ax.set_ylabel("loss variation Σ (nats per token)")
-    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=8, loc="best")
     return fig
 
 
@@ -320,7 +321,7 @@ def headline_vs_recipe(df: pl.DataFrame):
     above R̂_h and the ratio headline gap / recipe gap per size.  Columns (view frontier):
     model, n_params, certified, headline, paper_recipe, empirical_risk_h, headline_gap,
     paper_recipe_gap, gap_ratio."""
-    fig = new_figure(10.5, 4.3)
+    fig = new_figure(10.5, 4.6)
     left, right = fig.subplots(1, 2)
     d = df.filter(pl.col("headline").is_not_null()).sort("n_params")
     x, cert = d["n_params"].to_numpy(), d["certified"].to_numpy()
@@ -334,7 +335,6 @@ def headline_vs_recipe(df: pl.DataFrame):
     _size_axis(left, sizes=x)
     left.set_ylabel("nats per token")
     left.set_title("bounds", fontsize=9)
-    left.legend(fontsize=7)
     pos = np.arange(d.height)
     w = 0.38
     right.bar(pos - w / 2, d["headline_gap"].fill_null(float("nan")).to_numpy(), w,
@@ -352,7 +352,7 @@ def headline_vs_recipe(df: pl.DataFrame):
     right.grid(True, axis="y", alpha=0.3)
     right.set_ylim(top=1.3 * max(finite([*d["headline_gap"].to_list(),
                                          *d["paper_recipe_gap"].to_list()]) or [1.0]))
-    right.legend(fontsize=7, loc="upper center", ncol=2)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=7.5, frameon=False)
     return fig
 
 

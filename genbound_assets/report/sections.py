@@ -93,6 +93,11 @@ def _delta_text(df: pl.DataFrame) -> str:
     return ("δ = " + ", ".join(f"{d:g}" for d in deltas) + " per certified bound")
 
 
+def _count_text(counts: pl.Series) -> str:
+    lo, hi = counts.min(), counts.max()
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
 def _families_of(engine: Engine, models: Sequence[str] | None) -> list[str] | None:
     if models is None:
         return None
@@ -260,15 +265,16 @@ def sigma_vs_n(engine: Engine, sec: Section, models: Sequence[str] | None) -> No
         raise NoData("no data yet: no Σ values at the compute-optimal checkpoints (Thm 3.4 "
                      "rows): materialize the bound assets")
     fits = _optional_fits(engine, models, "sigma")
-    sec.png = png_bytes(figures.sigma_vs_n(df, _curves(fits, "offset_power")))
+    curves = _curves(fits, "offset_power")
+    sec.png = png_bytes(figures.sigma_vs_n(df, curves))
     sec.caption = (
         "Σ, the loss-variation factor of the Freedman bound (its term is Σ√C; here Theorem 3.4's "
         "Σ, at the worst-case loss range, as in the paper), at each model size's compute-optimal "
         "checkpoint, against N (log scale). The paper finds Σ ≈ 0.27 + 8337·N^−0.54 on Pythia: "
         "the loss varies less from token to token as models grow, towards a floor. "
         + _selection_text(df) + _fit_text(fits, "the curve Σ(N) = a + b·N^−c")
-        + " The grey band is the 95% confidence band of the fitted curve; fits are descriptive "
-        "(not certified)."
+        + (" The grey band is the 95% confidence band of the fitted curve; fits are "
+           "descriptive (not certified)." if curves else "")
     )
 
 
@@ -441,7 +447,7 @@ def bound_over_training(engine: Engine, sec: Section, models: Sequence[str] | No
         "train on (dotted: the loss curve), in nats per token against tokens seen (log scale). "
         "The star is the compute-optimal checkpoint. A bound at D training tokens covers the "
         "expected loss over those D tokens' contexts; each point is its own statement at its "
-        f"own δ. {per_model.min()}–{per_model.max()} bounded checkpoint(s) per model (setting "
+        f"own δ. {_count_text(per_model)} bounded checkpoint(s) per model (setting "
         "`selection`: the D* bracket and the final checkpoint by default, `all` for every "
         f"checkpoint). {_delta_text(df)}."
     )
