@@ -16,7 +16,7 @@
 --   remainder            bound minus the summands above; listed only when it is not zero to
 --                        rounding (1e-9 relative), e.g. on interpolated rows, where a product
 --                        of interpolated numbers is not the interpolated product
--- and choice_cost_nats (nats, not per token: the post-hoc choices paid inside C; no share).
+-- and choice_cost_nats (in nats, not per token; the post-hoc choices paid inside C; no share).
 -- additive = whether the term is one of the summands of that row's bound.  Prequential rows
 -- (K(h) estimates, no bound) list their terms with additive = false and share NULL.
 SELECT p.model,
