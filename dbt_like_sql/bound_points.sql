@@ -1,22 +1,28 @@
 -- bound_points: every row of `bounds` with what the figures put on their axes: the model's size
 -- N (parameters: the row's n_params, else models.n_params), the training tokens D behind the
--- checkpoint, tokens per parameter D/N, the checkpoint's tokens_seen and the vocabulary size V
--- (log V is the random-guess loss).
+-- checkpoint, tokens per parameter D/N and its inverse N/D, the checkpoint's tokens_seen, the
+-- vocabulary size V (log V is the random-guess loss), the family, and the row's role:
+--   headline    the one certified bound to quote (direct Freedman, Lemma 3.2)
+--   diagnostic  certified, each at its own delta (Thm 3.4 decomposed, Azuma)
+--   reference   the paper's recipe (nominal b*N bits): NOT certified
+--   estimate    interpolated rows and prequential K(h) rows: NOT certified
 --
--- nearest_compute_optimal marks, for each model and bound configuration, the measured
--- (non-interpolated) row whose D/N is closest, on a log scale, to the paper's compute-optimal
--- ratio D/N = 20 (N/D = G^2 = 0.05); ties go to the earlier step.  It is a display choice for
--- plots across sizes, not part of any certificate: picking the reported row after seeing the
--- bounds would cost union-bound nats (docs/pipeline.md).
+-- at_compute_optimal marks the rows at the model's compute-optimal selection (table
+-- compute_optimal, D* = 20 N): the measured rows of its certified checkpoint, or, when D* falls
+-- between two checkpoints, the interpolated rows (certified = false).  The selection is a rule
+-- fixed before any bound is seen, so filtering on it costs nothing.
 WITH pts AS (
     SELECT b.model,
-           m.family,
+           coalesce(b.family, m.family) AS family,
            b.step,
            c.tokens_seen,
            b.method,
+           b.role,
+           b.design,
            b.quantizer,
            b.bits,
            b.group_size,
+           b.quantize_embeddings,
            b.code_length_method,
            b.alpha,
            b.loss_range_method,
@@ -30,10 +36,14 @@ WITH pts AS (
            coalesce(b.n_params, m.n_params) AS n_params,
            b.n_train_tokens,
            b.n_train_tokens::float8 / nullif(coalesce(b.n_params, m.n_params), 0) AS tokens_per_param,
+           coalesce(b.n_params, m.n_params)::float8 / nullif(b.n_train_tokens, 0) AS n_over_d,
            m.vocab_size,
            b.code_length_bits,
+           b.code_length_bits / nullif(coalesce(b.n_params, m.n_params), 0) AS bits_per_param,
+           b.loss_range,
            b.complexity,
            b.sigma,
+           b.s_star,
            b.empirical_risk,
            b.random_guess_term,
            b.loss_variation_term,
@@ -42,17 +52,14 @@ WITH pts AS (
            b.subsample_term,
            b.choice_cost_nats,
            b.bound,
-           b.computed_at
+           b.computed_at,
+           coalesce(
+               (NOT b.interpolated AND co.step IS NOT NULL AND b.step = co.step)
+               OR (b.interpolated AND co.step IS NULL AND b.step = co.step_hi),
+               false) AS at_compute_optimal
     FROM bounds AS b
     LEFT JOIN models AS m ON m.model = b.model
     LEFT JOIN checkpoints AS c ON c.model = b.model AND c.step = b.step
+    LEFT JOIN compute_optimal AS co ON co.model = b.model
 )
-SELECT pts.*,
-       (NOT pts.interpolated AND pts.tokens_per_param > 0 AND row_number() OVER (
-            PARTITION BY pts.model, pts.method, pts.quantizer, pts.bits, pts.group_size,
-                         pts.code_length_method, pts.loss_range_method, pts.delta, pts.sample,
-                         pts.n_sample, pts.subsample_method, pts.grid_size, pts.interpolated,
-                         (pts.tokens_per_param > 0)
-            ORDER BY abs(ln(pts.tokens_per_param / 20.0)), pts.step
-        ) = 1) AS nearest_compute_optimal
-FROM pts
+SELECT * FROM pts

@@ -1,9 +1,11 @@
--- bound_vs_loss: how far each bound sits above the empirical risk it certifies, across model
--- sizes: gap = bound - empirical_risk (nats per token) and gap / bound, with N, D and D/N, the
--- random-guess loss log V, and the checkpoint's measured losses from checkpoint_losses
--- (next_tokens_loss: mean loss on the tokens it is about to train on; held_sample_loss: on a
--- fixed sample).  Filter on nearest_compute_optimal for one row per size and configuration
--- (the paper's Fig. 2 left).  Interpolated rows are left out.
+-- bound_vs_loss: how far each measured bound sits above the empirical risk it certifies, across
+-- model sizes: gap = bound - empirical_risk (nats per token) and gap / bound, with N, D, D/N,
+-- the row's role (headline / diagnostic / reference), the random-guess loss log V, and the
+-- checkpoint's measured losses from checkpoint_losses (next_tokens_loss: mean loss on the
+-- tokens it is about to train on; held_sample_loss: on a fixed sample).  Filter on
+-- at_compute_optimal for each size's compute-optimal checkpoint (the paper's Fig. 2 left; the
+-- view frontier puts those side by side).  Interpolated and prequential rows (no measured
+-- bound) are left out.
 WITH losses AS (
     SELECT model,
            step,
@@ -19,8 +21,10 @@ SELECT p.model,
        p.tokens_seen,
        p.n_train_tokens,
        p.tokens_per_param,
-       p.nearest_compute_optimal,
+       p.at_compute_optimal,
        p.method,
+       p.role,
+       p.design,
        p.quantizer,
        p.bits,
        p.group_size,
@@ -42,4 +46,4 @@ SELECT p.model,
        l.held_sample_loss
 FROM bound_points AS p
 LEFT JOIN losses AS l ON l.model = p.model AND l.step = p.step
-WHERE NOT p.interpolated
+WHERE NOT p.interpolated AND p.bound IS NOT NULL

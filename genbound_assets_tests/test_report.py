@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 import pytest
 import sample_store
 from click.testing import CliRunner
@@ -27,9 +26,10 @@ from genbound_assets.report import (
 )
 from genbound_assets.report.core import PNG_MAGIC, fmt
 
-DATA_SECTIONS = ["bound_vs_n", "term_breakdown", "sigma_vs_n", "freedman_vs_azuma",
+DATA_SECTIONS = ["bound_vs_n", "term_breakdown", "sigma_vs_n", "headline_vs_recipe",
+                 "freedman_vs_azuma", "scaling_laws", "prequential_vs_counting",
                  "bound_over_training", "loss_curves", "hessian_spectra"]
-HOOKS = ["prequential_vs_counting", "headline_vs_recipe"]
+TABLE_SECTIONS = ["frontier", "scaling_laws"]
 
 
 class ReportParser(HTMLParser):
@@ -125,15 +125,25 @@ def test_report_renders_every_section_on_sample_rows(pg_clean, tmp_path):
         img = decode_png(sec["imgs"][0])
         assert img.width >= 600 and img.height >= 300
         assert len(" ".join(sec["captions"])) > 100, key  # a caption a reader can follow
-    frontier = p.sections["frontier"]
-    assert frontier["tables"] == 1 and not frontier["imgs"]
-    for key in HOOKS:
-        assert p.sections[key]["notes"] and not p.sections[key]["imgs"]
-    # the frontier table shows the stored certified Thm 3.4 bound of every size
-    for model, steps in facts["steps"].items():
-        (row,) = [r for r in facts["bounds"] if r["model"] == model and r["step"] == steps["optimal"]
-                  and r["method"] == "freedman_decomposed" and r["certified"]]
-        assert fmt(row["bound"]) in p.cells and model in p.cells
+    for key in TABLE_SECTIONS:
+        assert p.sections[key]["tables"] == 1, key
+    assert not p.sections["frontier"]["imgs"]
+    # the frontier table shows every size's stored headline, Thm 3.4 and recipe bounds, and
+    # says which are certified (the bracketed size is interpolated)
+    for model, co in facts["compute_optimal"].items():
+        rows = facts["bounds"] if co["certified"] else facts["interpolated"]
+        step = co["step"] if co["certified"] else co["step_hi"]
+        for method in ("headline", "freedman_decomposed", "paper_recipe"):
+            (row,) = [r for r in rows if r["model"] == model and r["step"] == step
+                      and r["method"] == method]
+            assert fmt(row["bound"]) in p.cells, (model, method)
+    assert p.cells.count("no (interpolated)") == 1 and p.cells.count("yes") == len(facts["steps"]) - 1
+    # the fits table lists every stored fit, with the Σ fit readable and the record of the
+    # zero subsample term
+    text = " ".join(p.cells)
+    assert "Σ(N) = 0.27 + 30·N^−0.5" in text and "none: a·N^c is fitted on log y" in text
+    captions = " ".join(p.sections["scaling_laws"]["captions"])
+    assert "Extrapolated to N = 1.33M" in captions
 
 
 def test_report_on_an_empty_store_is_all_notes(pg_clean, tmp_path):
@@ -149,13 +159,16 @@ def test_report_on_an_empty_store_is_all_notes(pg_clean, tmp_path):
 
 def test_report_without_the_views_names_the_assets_to_materialize(pg_clean, tmp_path):
     with pg_clean.begin() as conn:
-        conn.exec_driver_sql("DROP VIEW bound_breakdown, bound_vs_loss, bound_points")
+        conn.exec_driver_sql("DROP VIEW frontier, bound_breakdown, bound_vs_loss, bound_points")
     try:
         sample_store.fill_store(pg_clean)
         p = parse(write_report(pg_clean, tmp_path / "noviews.html"))
         note = " ".join(p.sections["bound_vs_n"]["notes"])
-        assert "view bound_vs_loss does not exist; materialize sql/bound_vs_loss" in note
+        assert "view frontier does not exist; materialize sql/frontier" in note
+        note = " ".join(p.sections["term_breakdown"]["notes"])
+        assert "view bound_breakdown does not exist; materialize sql/bound_breakdown" in note
         assert p.sections["loss_curves"]["imgs"]  # reads a table: unaffected
+        assert p.sections["bound_over_training"]["imgs"]  # its view is still there
     finally:
         storage.create_views(pg_clean)
 
@@ -191,36 +204,51 @@ def test_figures_for_dagster_metadata(pg_clean):
 
 
 def test_figures_draw_the_stored_numbers(pg_clean):
-    """The term-breakdown bars stack to the stored bound: read the figure's own artists."""
+    """The term-breakdown bars stack to the stored bounds, Thm 3.4's and the headline's (read
+    the figure's own artists); the right panel stacks them without each one's empirical risk."""
     storage.create_views(pg_clean)
     facts = sample_store.fill_store(pg_clean)
     from genbound_assets.report import figures
 
-    df = storage.read_frame(pg_clean, "SELECT model, n_params, tokens_per_param, term, term_order, "
-                                      "value, bound FROM bound_breakdown WHERE method = "
-                                      "'freedman_decomposed' AND certified AND nearest_compute_optimal "
+    df = storage.read_frame(pg_clean, "SELECT model, n_params, tokens_per_param, method, term, "
+                                      "term_order, value, bound FROM bound_breakdown WHERE method "
+                                      "IN ('freedman_decomposed', 'headline') AND at_compute_optimal "
                                       "AND additive")
     fig = figures.term_breakdown(df)
-    ax = fig.axes[0]
-    tops: dict[float, float] = {}
-    for bar in ax.patches:
-        x = round(bar.get_x() + bar.get_width() / 2, 6)
-        tops[x] = max(tops.get(x, 0.0), bar.get_y() + bar.get_height())
-    expected = sorted(
-        (r["n_params"], r["bound"]) for r in facts["bounds"]
-        if r["method"] == "freedman_decomposed" and r["certified"]
-        and r["step"] == facts["steps"][r["model"]]["optimal"])
-    assert [round(tops[x], 9) for x in sorted(tops)] == [round(b, 9) for _, b in expected]
-    assert ax.get_ylabel() == "nats per token"
-    # the right panel stacks the same terms without R̂_h: its bars top out at bound - R̂_h
-    gap_tops: dict[float, float] = {}
-    for bar in fig.axes[1].patches:
-        x = round(bar.get_x() + bar.get_width() / 2, 6)
-        gap_tops[x] = max(gap_tops.get(x, 0.0), bar.get_y() + bar.get_height())
-    risks = sorted((r["n_params"], r["empirical_risk"]) for r in facts["bounds"]
-                   if r["method"] == "freedman_decomposed" and r["certified"]
-                   and r["step"] == facts["steps"][r["model"]]["optimal"])
-    assert [round(gap_tops[x], 9) for x in sorted(gap_tops)] == [
-        round(b - r, 9) for (_, b), (_, r) in zip(expected, risks, strict=True)]
+
+    def tops(ax):
+        out: dict[float, float] = {}
+        for bar in ax.patches:
+            x = round(bar.get_x() + bar.get_width() / 2, 6)
+            out[x] = max(out.get(x, 0.0), bar.get_y() + bar.get_height())
+        return [round(out[x], 9) for x in sorted(out)]
+
+    chosen = [r for r in [*facts["bounds"], *facts["interpolated"]]
+              if r["method"] in ("freedman_decomposed", "headline")
+              and r["step"] == (facts["compute_optimal"][r["model"]].get("step")
+                                or facts["compute_optimal"][r["model"]]["step_hi"])
+              and r["interpolated"] is not facts["compute_optimal"][r["model"]]["certified"]]
+    order = {"freedman_decomposed": 0, "headline": 1}   # plain bar left, hatched right
+    chosen.sort(key=lambda r: (r["n_params"], order[r["method"]]))
+    assert len(chosen) == 2 * len(sample_store.SIZES)
+    assert tops(fig.axes[0]) == [round(r["bound"], 9) for r in chosen]
+    assert tops(fig.axes[1]) == [round(r["bound"] - r["empirical_risk"], 9) for r in chosen]
+    assert fig.axes[0].get_ylabel() == "nats per token"
+    assert "model size" in fig.axes[0].get_xlabel()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert pl.Series(legend).str.contains("smoothing").any() and len(legend) == 6
+    assert any("smoothing" in t for t in legend) and any("hatched" in t for t in legend)
+
+
+def test_fit_curves_reproduce_the_stored_fits(pg_clean):
+    """The report redraws each fit from its stored points: the curve it draws is the stored
+    one (same parameters), and its band contains it."""
+    storage.create_views(pg_clean)
+    facts = sample_store.fill_store(pg_clean)
+    from genbound_assets.report.sections import _curves, _fit_rows
+
+    fits = _fit_rows(pg_clean, None, "sigma")
+    (curve,) = _curves(fits, "offset_power")
+    stored = next(f for f in facts["fits"] if f.quantity == "sigma")
+    assert curve["y"] == pytest.approx(stored.predict(curve["n"]), rel=1e-9)
+    assert (curve["lo"] <= curve["y"]).all() and (curve["y"] <= curve["hi"]).all()
+    assert _fit_rows(pg_clean, ["no-such-model"], "sigma").height == 0

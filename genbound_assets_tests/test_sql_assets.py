@@ -211,27 +211,51 @@ EXPECTED_COLUMNS = {
     "checkpoint_health": [
         "model", "family", "n_checkpoints", "n_ok", "n_quarantined", "first_step", "last_step",
         "last_checked_at", "quarantined_steps", "quarantine_reasons"],
+    "latest_bounds": [
+        "model", "family", "step", "tokens_seen", "method", "role", "design", "quantizer", "bits",
+        "group_size", "code_length_method", "alpha", "loss_range_method", "delta", "sample",
+        "n_sample", "subsample_method", "grid_size", "empirical_risk", "complexity", "bound",
+        "certified", "computed_at"],
+    "bound_points": [
+        "model", "family", "step", "tokens_seen", "method", "role", "design", "quantizer", "bits",
+        "group_size", "quantize_embeddings", "code_length_method", "alpha", "loss_range_method",
+        "delta", "sample", "n_sample", "subsample_method", "grid_size", "interpolated",
+        "certified", "n_params", "n_train_tokens", "tokens_per_param", "n_over_d", "vocab_size",
+        "code_length_bits", "bits_per_param", "loss_range", "complexity", "sigma", "s_star",
+        "empirical_risk", "random_guess_term", "loss_variation_term", "smoothing_term",
+        "quantization_gap", "subsample_term", "choice_cost_nats", "bound", "computed_at",
+        "at_compute_optimal"],
     "bound_breakdown": [
-        "model", "n_params", "step", "tokens_seen", "n_train_tokens", "tokens_per_param",
-        "nearest_compute_optimal", "method", "quantizer", "bits", "group_size",
+        "model", "family", "n_params", "step", "tokens_seen", "n_train_tokens", "tokens_per_param",
+        "at_compute_optimal", "method", "role", "design", "quantizer", "bits", "group_size",
         "code_length_method", "alpha", "loss_range_method", "delta", "sample", "n_sample",
         "subsample_method", "grid_size", "interpolated", "certified", "term_order", "term", "unit",
         "additive", "value", "share", "bound"],
     "bound_vs_loss": [
         "model", "family", "n_params", "step", "tokens_seen", "n_train_tokens",
-        "tokens_per_param", "nearest_compute_optimal", "method", "quantizer", "bits",
+        "tokens_per_param", "at_compute_optimal", "method", "role", "design", "quantizer", "bits",
         "group_size", "code_length_method", "alpha", "loss_range_method", "delta", "sample",
         "n_sample", "subsample_method", "grid_size", "certified", "empirical_risk", "bound", "gap",
         "gap_share", "random_guess_loss", "next_tokens_loss", "held_sample_loss"],
     "bound_over_training": [
-        "model", "step", "tokens_seen", "method", "quantizer", "bits", "group_size",
-        "code_length_method", "alpha", "loss_range_method", "delta", "sample", "n_sample",
-        "subsample_method", "grid_size", "interpolated", "certified", "empirical_risk", "bound",
-        "next_tokens_loss", "held_sample_loss"],
+        "model", "family", "n_params", "step", "tokens_seen", "n_train_tokens",
+        "tokens_per_param", "at_compute_optimal", "headline", "headline_certified",
+        "headline_empirical_risk", "empirical_risk_h", "decomposed", "azuma", "paper_recipe",
+        "prequential_bits", "delta", "design", "next_tokens_loss", "held_sample_loss"],
+    "frontier": [
+        "family", "model", "n_params", "n_train_tokens", "n_over_d", "tokens_per_param", "d_star",
+        "target_tokens_per_param", "step", "step_lo", "step_hi", "weight_hi", "interpolated",
+        "delta", "design", "quantizer", "bits", "group_size", "code_length_method",
+        "empirical_risk_h", "empirical_risk_sq", "headline", "direct_freedman", "decomposed",
+        "azuma", "paper_recipe", "headline_gap", "paper_recipe_gap", "gap_ratio", "sigma",
+        "code_length_bits", "bits_per_param", "nominal_bits", "prequential_bits",
+        "random_guess_loss", "certified", "note"],
     "scaling_fits": [
-        "quantity", "form", "selection", "form_text", "formula", "params_95ci", "a", "a_low",
-        "a_high", "b", "b_low", "b_high", "c", "c_low", "c_high", "r2", "n_points", "certified",
-        "computed_at"],
+        "family", "quantity", "form", "selection", "status", "note", "unit", "source",
+        "form_text", "formula", "params_95ci", "a", "a_low", "a_high", "b", "b_low", "b_high", "c",
+        "c_low", "c_high", "r2", "n_points", "extrapolated_n", "extrapolated_value",
+        "extrapolated_ci_low", "extrapolated_ci_high", "extrapolated_pi_low",
+        "extrapolated_pi_high", "certified", "computed_at"],
 }
 
 
@@ -243,6 +267,7 @@ def filled(pg_clean):
 
 def test_views_exist_with_their_columns(pg_clean):
     storage.create_views(pg_clean)
+    assert set(EXPECTED_COLUMNS) == {p.stem for p in (REPO / "dbt_like_sql").glob("*.sql")}
     for view, columns in EXPECTED_COLUMNS.items():
         assert [c["name"] for c in sa.inspect(pg_clean).get_columns(view)] == columns, view
 
@@ -266,48 +291,121 @@ def test_checkpoint_health_counts_and_reasons(pg_clean, filled):
 
 
 def test_bound_breakdown_terms_add_up_to_the_bound(pg_clean, filled):
-    df = storage.read_frame(pg_clean, "SELECT * FROM bound_breakdown")
-    rows = {(r["model"], r["step"], r["method"], r["code_length_method"]): r for r in filled["bounds"]}
-    assert df.select("model", "step", "method", "code_length_method").unique().height == len(rows)
-    for (model, step, method, clm), g in df.group_by(["model", "step", "method", "code_length_method"]):
-        src = rows[(model, step, method, clm)]
+    df = storage.read_frame(pg_clean, "SELECT * FROM bound_breakdown WHERE NOT interpolated")
+    rows = {(r["model"], r["step"], r["method"]): r for r in filled["bounds"]}
+    assert df.select("model", "step", "method").unique().height == len(rows)
+    summands = {
+        "headline": {"empirical_risk", "range_term", "loss_variation_term", "subsample_term"},
+        "freedman_decomposed": {"empirical_risk", "random_guess_term", "loss_variation_term",
+                                "smoothing_term", "quantization_gap", "subsample_term"},
+        "paper_recipe": {"empirical_risk", "random_guess_term", "loss_variation_term",
+                         "smoothing_term", "quantization_gap", "subsample_term"},
+        "azuma": {"empirical_risk", "loss_variation_term", "subsample_term"},
+    }
+    for (model, step, method), g in df.group_by(["model", "step", "method"]):
+        src = rows[(model, step, method)]
         additive = g.filter(pl.col("additive"))
-        assert math.isclose(additive["value"].sum(), src["bound"], rel_tol=1e-12), (method, clm)
-        assert math.isclose(additive["share"].sum(), 1.0, rel_tol=1e-12)
         terms = dict(zip(g["term"], g["value"], strict=True))
+        assert g["role"].unique().to_list() == [src["role"]]
+        if method == "prequential":   # an estimate: no bound, nothing adds up
+            assert additive.height == 0 and g["share"].null_count() == g.height
+            continue
+        assert set(additive["term"]) == summands[method], method   # no remainder anywhere
+        assert math.isclose(additive["value"].sum(), src["bound"], rel_tol=1e-12), method
+        assert math.isclose(additive["share"].sum(), 1.0, rel_tol=1e-12)
         assert terms["choice_cost_nats"] == src["choice_cost_nats"]
         assert g.filter(pl.col("term") == "choice_cost_nats")["share"].to_list() == [None]
-        if method == "freedman_decomposed":
-            assert "remainder" not in terms and set(additive["term"]) == {
-                "empirical_risk", "random_guess_term", "loss_variation_term", "smoothing_term",
-                "quantization_gap", "subsample_term"}
-        else:  # the gap is stored but is not a summand of these bounds
+        if method == "headline":
+            assert terms["range_term"] == pytest.approx(src["loss_range"] * src["complexity"])
+        if method in ("headline", "azuma"):   # stored, but not a summand of these bounds
             gap = g.filter(pl.col("term") == "quantization_gap").row(0, named=True)
             assert gap["additive"] is False and gap["share"] is None
-            expected = src["bound"] - src["empirical_risk"] - src["loss_variation_term"] - src["subsample_term"]
-            assert terms.get("remainder", 0.0) == pytest.approx(expected, abs=1e-12)
+    # interpolated rows: a product of interpolated numbers is not interpolated, so the headline's
+    # range term leaves a remainder that makes the terms add up to the row's bound again
+    interp = storage.read_frame(pg_clean, "SELECT * FROM bound_breakdown WHERE interpolated "
+                                          "AND method = 'headline' AND additive")
+    bound = interp["bound"][0]
+    assert "remainder" in interp["term"].to_list()
+    assert interp["value"].sum() == pytest.approx(bound, rel=1e-12)
 
 
-def test_bound_vs_loss_marks_the_compute_optimal_rows(pg_clean, filled):
-    df = storage.read_frame(pg_clean, "SELECT * FROM bound_vs_loss")
-    assert df.height == len(filled["bounds"])
-    opt = df.filter(pl.col("nearest_compute_optimal"))
-    assert opt.height == len(sample_store.SIZES) * 4  # one per model and configuration
+def test_compute_optimal_selection_marks_the_rows(pg_clean, filled):
+    """at_compute_optimal follows the compute_optimal table: the certified step's measured rows,
+    or the interpolated rows of a bracketed model (not the 'nearest D/N' guess)."""
+    df = storage.read_frame(pg_clean, "SELECT * FROM bound_points WHERE at_compute_optimal")
+    for model, co in filled["compute_optimal"].items():
+        rows = df.filter(pl.col("model") == model)
+        if co["certified"]:
+            assert set(rows["step"]) == {co["step"]} and not rows["interpolated"].any()
+            assert set(rows["method"]) == set(sample_store.METHODS)
+        else:
+            assert set(rows["step"]) == {co["step_hi"]} and rows["interpolated"].all()
+            assert not rows["certified"].any() and set(rows["role"]) == {"estimate"}
+    vs = storage.read_frame(pg_clean, "SELECT * FROM bound_vs_loss")
+    measured = [r for r in filled["bounds"] if r["bound"] is not None]
+    assert vs.height == len(measured)        # no interpolated or prequential rows
+    opt = vs.filter(pl.col("at_compute_optimal"))
+    assert opt.height == 4 * (len(sample_store.SIZES) - 1)
     for r in opt.iter_rows(named=True):
-        assert r["step"] == filled["steps"][r["model"]]["optimal"]
+        assert r["step"] == filled["compute_optimal"][r["model"]]["step"]
         assert r["tokens_per_param"] == pytest.approx(r["n_train_tokens"] / r["n_params"])
         assert r["gap"] == pytest.approx(r["bound"] - r["empirical_risk"], abs=1e-12)
         assert r["random_guess_loss"] == pytest.approx(math.log(sample_store.V))
         assert r["next_tokens_loss"] is not None and r["held_sample_loss"] is None
 
 
-def test_bound_over_training_joins_bounds_and_losses(pg_clean, filled):
+def test_frontier_has_one_row_per_model_with_every_bound(pg_clean, filled):
+    df = storage.read_frame(pg_clean, "SELECT * FROM frontier ORDER BY n_params")
+    assert df["model"].to_list() == list(sample_store.SIZES)
+    by = {(r["model"], r["step"], r["method"], r["interpolated"]): r
+          for r in [*filled["bounds"], *filled["interpolated"]]}
+    for f in df.iter_rows(named=True):
+        co = filled["compute_optimal"][f["model"]]
+        interp = not co["certified"]
+        step = co["step_hi"] if interp else co["step"]
+
+        def row(method, f=f, step=step, interp=interp):
+            return by[(f["model"], step, method, interp)]
+
+        assert f["interpolated"] is interp and f["certified"] is not interp
+        assert f["headline"] == f["direct_freedman"] == row("headline")["bound"]
+        assert f["decomposed"] == row("freedman_decomposed")["bound"]
+        assert f["azuma"] == row("azuma")["bound"]
+        assert f["paper_recipe"] == row("paper_recipe")["bound"]
+        r_h = row("freedman_decomposed")["empirical_risk"]
+        assert f["empirical_risk_h"] == r_h
+        assert f["headline_gap"] == pytest.approx(f["headline"] - r_h)
+        assert f["gap_ratio"] == pytest.approx((f["headline"] - r_h) / (f["paper_recipe"] - r_h))
+        assert f["sigma"] == row("freedman_decomposed")["sigma"]
+        assert f["n_train_tokens"] == (co["d_star"] if interp else co["n_train_tokens"])
+        assert f["n_over_d"] == pytest.approx(f["n_params"] / f["n_train_tokens"])
+        assert f["nominal_bits"] == 4.0 * f["n_params"]
+        point = next(p for p in filled["points"] if p.model == f["model"])
+        assert f["prequential_bits"] == pytest.approx(point.values["prequential_bits"])
+        assert f["headline"] == pytest.approx(point.values["headline"])
+    # a model whose selection found nothing yet still has its row, with the reason
+    with pg_clean.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO compute_optimal (model, n_params, d_star, note) "
+                             "VALUES ('new-model', 5, 100, 'no bounded checkpoint yet')")
+    new = storage.read_frame(pg_clean, "SELECT * FROM frontier WHERE model = 'new-model'")
+    assert new.height == 1 and new["headline"][0] is None and new["certified"][0] is False
+    assert new["note"][0] == "no bounded checkpoint yet"
+
+
+def test_bound_over_training_is_headline_and_loss_by_step(pg_clean, filled):
     df = storage.read_frame(pg_clean, "SELECT * FROM bound_over_training")
+    assert df.select("model", "step").unique().height == df.height      # one row per step
     n_loss_steps = storage.read_frame(pg_clean, "SELECT count(*) AS n FROM checkpoint_losses")["n"][0]
-    bound_steps = {(r["model"], r["step"]) for r in filled["bounds"]}
-    only_losses = df.filter(pl.col("method").is_null())
-    assert only_losses.height == n_loss_steps - len(bound_steps)
-    assert df.filter(pl.col("method").is_not_null()).height == len(filled["bounds"])
+    assert df.height == n_loss_steps
+    heads = {(r["model"], r["step"]): r for r in filled["bounds"] if r["method"] == "headline"}
+    with_bound = df.filter(pl.col("headline").is_not_null())
+    assert with_bound.height == len(heads)
+    for r in with_bound.iter_rows(named=True):
+        h = heads[(r["model"], r["step"])]
+        assert r["headline"] == h["bound"] and r["headline_certified"]
+        assert r["headline_empirical_risk"] == h["empirical_risk"]
+        assert r["at_compute_optimal"] == (r["step"] == filled["compute_optimal"][r["model"]].get("step"))
+        assert r["prequential_bits"] is not None and r["paper_recipe"] is not None
     assert df["tokens_seen"].null_count() == 0 and df["next_tokens_loss"].null_count() == 0
 
 
@@ -316,16 +414,48 @@ def test_scaling_fits_reads_like_the_paper(pg_clean):
     import json
 
     storage.replace_partition(pg_clean, "power_law_fits", {}, pl.DataFrame([
-        {"quantity": "sigma", "form": "offset_power", "params": json.dumps({"a": 0.27, "b": 8337.2, "c": 0.54}),
+        {"family": "pythia", "quantity": "sigma", "form": "offset_power",
+         "params": json.dumps({"a": 0.27, "b": 8337.2, "c": 0.54}),
          "ci_low": json.dumps({"a": 0.2, "b": 1000.0, "c": 0.41}),
-         "ci_high": json.dumps({"a": 0.33, "b": 60000.0, "c": 0.661}), "r2": 0.98, "n_points": 8},
-        {"quantity": "prequential_bits", "form": "power", "params": json.dumps({"a": 6e5, "c": 0.5}),
+         "ci_high": json.dumps({"a": 0.33, "b": 60000.0, "c": 0.661}), "r2": 0.98, "n_points": 8,
+         "status": "ok"},
+        {"family": "pythia", "quantity": "prequential_bits", "form": "power",
+         "params": json.dumps({"a": 6e5, "c": 0.5}),
          "ci_low": json.dumps({"a": 1.5e5, "c": 0.4}), "ci_high": json.dumps({"a": 2.4e6, "c": 0.6}),
-         "r2": 0.9, "n_points": 8},
+         "r2": 0.9, "n_points": 8, "status": "ok"},
+        {"family": "pythia", "quantity": "quantization_gap", "form": "power",
+         "params": json.dumps({"a": 2.1e-8, "c": -0.3}),
+         "ci_low": json.dumps({"a": 3e-15, "c": -0.4}), "ci_high": json.dumps({"a": 0.14, "c": -0.2}),
+         "r2": 0.7, "n_points": 8, "status": "ok"},
+        {"family": "suite", "quantity": "sigma", "form": "offset_power",
+         "status": "not_enough_sizes", "note": "not enough sizes: 2 model size(s)", "n_points": 2},
     ]))
-    df = storage.read_frame(pg_clean, "SELECT * FROM scaling_fits ORDER BY quantity")
-    pre, sig = df.rows(named=True)
+    df = storage.read_frame(pg_clean, "SELECT * FROM scaling_fits ORDER BY family, quantity")
+    pre, gap, sig, few = df.rows(named=True)
     assert sig["formula"] == "Σ(N) = 0.27 + 8337·N^−0.54"
     assert sig["params_95ci"] == "a = 0.27 [0.2, 0.33], b = 8337 [1000, 60000], c = 0.54 [0.41, 0.661]"
     assert (sig["b"], sig["b_low"], sig["c_high"]) == (8337.2, 1000.0, 0.661)
-    assert pre["formula"] == "prequential_bits(N) = 600000·N^0.5" and pre["form_text"] == "y = a·N^c"
+    assert pre["formula"] == "K(h)(N) = 600000·N^0.5" and pre["form_text"] == "y = a·N^c"
+    assert gap["formula"] == "quantization_gap(N) = 2.100e-08·N^−0.3"
+    assert few["family"] == "suite" and few["status"] == "not_enough_sizes"
+    assert few["formula"] is None and few["params_95ci"] is None and few["n_points"] == 2
+
+
+def test_stored_fits_and_extrapolation_in_the_view(pg_clean, filled):
+    df = storage.read_frame(pg_clean, "SELECT * FROM scaling_fits WHERE family = :f",
+                            {"f": sample_store.FAMILY})
+    assert df.height == len(filled["fits"]) and not df["certified"].any()
+    for f in filled["fits"]:
+        r = df.filter((pl.col("quantity") == f.quantity) & (pl.col("form") == f.form)).row(0, named=True)
+        assert r["status"] == f.status and r["n_points"] == f.n_points
+        if f.status == "ok":
+            assert r["c"] == pytest.approx(f.params["c"]) and r["r2"] == pytest.approx(f.r2)
+            assert r["formula"].startswith({"sigma": "Σ(N) = "}.get(f.quantity, ""))
+        else:
+            assert r["formula"] is None and r["note"] == f.note
+        if f.extrapolation:
+            assert r["extrapolated_n"] == pytest.approx(10 * max(f.x))
+            assert r["extrapolated_ci_low"] < r["extrapolated_value"] < r["extrapolated_ci_high"]
+    # the sample's Σ follows 0.27 + 30·N^−0.5 exactly: recovered
+    sig = df.filter(pl.col("quantity") == "sigma").row(0, named=True)
+    assert sig["c"] == pytest.approx(0.5, rel=1e-6) and sig["a"] == pytest.approx(0.27, rel=1e-6)

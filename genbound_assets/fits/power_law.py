@@ -142,7 +142,10 @@ class OffsetPowerLawFit(_Fit):
         uc = u ** (-c)
         yhat = a + beta * uc
         grad = np.column_stack([np.ones_like(u), uc, -beta * uc * np.log(u)])
-        var = np.einsum("ij,jk,ik->i", grad, self._scaled_cov, grad)
+        # g' P g as a sum of non-negative terms over P's eigenpairs: the plain quadratic form
+        # cancels catastrophically when (a, beta) are nearly collinear (c near 0, few sizes)
+        lam, q = np.linalg.eigh(self._scaled_cov)
+        var = ((grad @ q) ** 2 * np.maximum(lam, 0.0)).sum(axis=1)
         t = stats.t.ppf(0.5 + LEVEL / 2, self.n - 3)
         se_mean = np.sqrt(np.maximum(var, 0.0))
         se_obs = np.sqrt(var + self.residual_variance)
@@ -152,6 +155,11 @@ class OffsetPowerLawFit(_Fit):
 
     def summary(self) -> str:
         return _summary("offset power law y = a + b x^-c", self)
+
+
+def _exp(v: float) -> float:
+    """exp that saturates to inf (an unidentified interval end) instead of raising."""
+    return math.inf if v > 709.0 else math.exp(v)
 
 
 def _model(u, a, beta, c):
@@ -203,7 +211,7 @@ def fit_offset_power_law(x, y, c_grid=None) -> OffsetPowerLawFit:
         # log b = log beta + c log x_ref: gradient (1/beta, log x_ref) in (beta, c)
         g = np.array([0.0, 1.0 / beta, math.log(x_ref)])
         se_log_b = math.sqrt(max(float(g @ pcov @ g), 0.0))
-        ci["b"] = (b * math.exp(-t * se_log_b), b * math.exp(t * se_log_b))
+        ci["b"] = (b * _exp(-t * se_log_b), b * _exp(t * se_log_b))
     else:
         ci["b"] = (b - t * se[1], b + t * se[1])
     sst = float(np.sum((y - y.mean()) ** 2))

@@ -8,6 +8,7 @@ global state, so sections can run inside Dagster's (threaded) run workers.
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import re
 from collections.abc import Mapping, Sequence
@@ -77,13 +78,18 @@ def only_models(df: pl.DataFrame, models: Sequence[str] | None) -> pl.DataFrame:
     return df if models is None else df.filter(pl.col("model").is_in(list(models)))
 
 
+# the resolution figures are rendered at (None: the figure's own, 110 dpi); ``figure_png`` lowers
+# it for Dagster metadata, where images should stay small
+PNG_DPI: contextvars.ContextVar[float | None] = contextvars.ContextVar("genbound_png_dpi", default=None)
+
+
 def png_bytes(fig) -> bytes:
-    """A matplotlib Figure as PNG bytes (Agg)."""
+    """A matplotlib Figure as PNG bytes (Agg), at ``PNG_DPI`` when set."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
+    fig.savefig(buf, format="png", dpi=PNG_DPI.get() or fig.dpi)
     return buf.getvalue()
 
 

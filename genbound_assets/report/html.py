@@ -28,7 +28,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption, p.caption { font-size: 0.92em; color: #333; margin-top: 0.4em; }
 p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 0.8em; }
 p.sources { font-size: 0.8em; color: #777; }
-table { border-collapse: collapse; font-size: 0.88em; margin: 0.6em 0; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }

@@ -4,31 +4,35 @@ materialize X") instead of failing.  ``SECTIONS`` is the report's order (registr
 the ``@section`` functions below); ``models`` restricts a section to some models (e.g. one
 asset's figure for Dagster metadata).
 
-Sections that wait for tables or columns the pipeline does not write yet are *hooks*: they are
-listed in the report with a note naming what they need, and their docstrings say what to draw.
+Across sizes, every figure shows each model at its compute-optimal selection (view ``frontier``,
+table ``compute_optimal``: the certified checkpoint with D ≈ D* = 20 N, or rows interpolated
+between two checkpoints, drawn hollow because they are not certified).  The bound to quote is
+the ``headline`` row; the other rows are diagnostics (certified at their own δ) or references
+(not certified).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import Counter
+import json
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import polars as pl
 from sqlalchemy.engine import Engine
 
+from genbound_assets.fits import fit_offset_power_law, fit_power_law
+
 from . import figures
-from .core import NoData, Section, Table, fmt, human, only_models, png_bytes, query
+from .core import PNG_DPI, NoData, Section, Table, fmt, human, only_models, png_bytes, query
 
-# the compute-optimal ratio the views' nearest_compute_optimal flag aims at (D/N = 1/G^2)
-COMPUTE_OPTIMAL_TOKENS_PER_PARAM = 20
-# HOOK (Fig. 2 centre): the power_law_fits row holding the fit Σ(N) = a + b·N^−c
-SIGMA_FIT_QUANTITY = "sigma"
-SIGMA_FIT_FORM = "offset_power"
-
-BOUNDS_NOTE = ("table bounds has no rows with a model size; materialize the bound assets "
-               "(e.g. `genbound demo`)")
-CONFIG_COLS = ["quantizer", "bits", "group_size", "delta"]
+FRONTIER_NOTE = ("no model has bounds at its compute-optimal checkpoint yet: materialize the "
+                 "family's checkpoint_bounds and compute_optimal assets (e.g. `genbound demo`)")
+FIT_SELECTION = "compute_optimal"
+FIT_LABELS = {"sigma": "Σ", "prequential_bits": "K(h)", "empirical_risk": "R̂_h",
+              "headline": "headline bound", "quantization_gap": "quantization gap",
+              "random_guess_term": "C·log V", "loss_variation_term": "Σ√C",
+              "smoothing_term": "√(2C)", "subsample_term": "subsample term"}
 
 SectionFn = Callable[..., Section]
 SECTIONS: list[SectionFn] = []  # the report's order
@@ -56,261 +60,396 @@ def section(key: str, title: str, sources: Sequence[str]):
     return deco
 
 
-def _config_text(row: dict) -> str:
-    q = row.get("quantizer")
-    quant = "float" if q in (None, "none") else f"{q} {row.get('bits')}-bit" + (
-        f", groups of {row['group_size']}" if row.get("group_size") else "")
-    return f"{quant}, δ = {row.get('delta')}"
+# ----------------------------------------------------------------------------- helpers
 
 
-def _main_config(df: pl.DataFrame) -> tuple[pl.DataFrame, str, int]:
-    """Rows of the most common (quantizer, bits, group size, δ) configuration, its description,
-    and how many configurations there were."""
-    configs = Counter(tuple(r) for r in df.select(CONFIG_COLS).rows())
-    if not configs:
-        return df, "", 0
-    best = max(configs, key=lambda c: (configs[c], str(c)))
-    cond = pl.lit(True)
-    for col, v in zip(CONFIG_COLS, best, strict=True):
-        cond = cond & (pl.col(col) == v)
-    return df.filter(cond), _config_text(dict(zip(CONFIG_COLS, best, strict=True))), len(configs)
-
-
-def _compute_optimal_points(engine: Engine, models: Sequence[str] | None) -> pl.DataFrame:
-    df = query(engine, """
-        SELECT model, n_params, step, n_train_tokens, tokens_per_param, method,
-               code_length_method, certified, quantizer, bits, group_size, delta, n_sample,
-               empirical_risk, bound, gap, random_guess_loss
-        FROM bound_vs_loss
-        WHERE nearest_compute_optimal AND bound IS NOT NULL AND n_params IS NOT NULL
-    """, empty=BOUNDS_NOTE)
+def _frontier(engine: Engine, models: Sequence[str] | None) -> pl.DataFrame:
+    df = query(engine, "SELECT * FROM frontier WHERE headline IS NOT NULL AND n_params IS NOT NULL",
+               empty=FRONTIER_NOTE)
     df = only_models(df, models)
     if df.height == 0:
-        raise NoData(f"no data yet: {BOUNDS_NOTE}")
+        raise NoData(f"no data yet: {FRONTIER_NOTE}")
     return df
 
 
-def _ratio_text(df: pl.DataFrame) -> str:
-    rows = df.select("n_params", "tokens_per_param").unique().sort("n_params")
-    r = [v for v in rows["tokens_per_param"].to_list() if v]
-    if not r:
+def _selection_text(df: pl.DataFrame) -> str:
+    """How the sizes' checkpoints were chosen, from the frontier rows."""
+    targets = sorted({round(v, 6) for v in df["target_tokens_per_param"].drop_nulls().to_list()})
+    target = (f"D* = {targets[0]:g}·N" if len(targets) == 1 else "D* = (its family's ratio)·N")
+    ratio = df["tokens_per_param"].drop_nulls()
+    span = (f"; D/N = {ratio.min():.3g}–{ratio.max():.3g}" if ratio.len() and
+            ratio.max() / ratio.min() > 1.01 else (f"; D/N = {ratio[0]:.3g}" if ratio.len() else ""))
+    interp = df.filter(pl.col("interpolated"))["model"].to_list()
+    extra = (f" {', '.join(interp)}: interpolated in N/D between the two checkpoints around D* "
+             "(hollow markers: not certified)." if interp else "")
+    return (f"Each size is shown at its compute-optimal checkpoint, the bounded checkpoint "
+            f"within 5% of {target} training tokens (table compute_optimal){span}.{extra}")
+
+
+def _delta_text(df: pl.DataFrame) -> str:
+    deltas = sorted(set(df["delta"].drop_nulls().to_list()))
+    if not deltas:
         return ""
-    return (f"D/N ranges over {min(r):.3g}–{max(r):.3g}" if max(r) / min(r) > 1.05
-            else f"D/N ≈ {r[0]:.3g}")
+    return ("δ = " + ", ".join(f"{d:g}" for d in deltas) + " per certified bound")
+
+
+def _count_text(counts: pl.Series) -> str:
+    lo, hi = counts.min(), counts.max()
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def _families_of(engine: Engine, models: Sequence[str] | None) -> list[str] | None:
+    if models is None:
+        return None
+    df = query(engine, "SELECT DISTINCT family FROM models WHERE model = ANY(:m)",
+               {"m": list(models)})
+    return df["family"].to_list()
+
+
+def _fit_rows(engine: Engine, models: Sequence[str] | None, quantity: str | None = None
+              ) -> pl.DataFrame:
+    """Rows of power_law_fits with the scaling_fits view's text (empty when none)."""
+    sql = ("SELECT f.family, f.quantity, f.form, f.status, f.note, f.unit, f.x, f.y, "
+           "f.extrapolation::text AS extrapolation, s.formula, s.params_95ci, f.r2, f.n_points "
+           "FROM power_law_fits AS f JOIN scaling_fits AS s ON s.family = f.family "
+           "AND s.quantity = f.quantity AND s.form = f.form AND s.selection = f.selection "
+           "WHERE f.selection = :sel" + (" AND f.quantity = :q" if quantity else "")
+           + " ORDER BY f.family, f.quantity, f.form")
+    params = {"sel": FIT_SELECTION, **({"q": quantity} if quantity else {})}
+    df = query(engine, sql, params)
+    fams = _families_of(engine, models)
+    return df if fams is None else df.filter(pl.col("family").is_in(fams))
+
+
+def _refit(form: str, x, y):
+    return fit_power_law(x, y) if form == "power" else fit_offset_power_law(x, y)
+
+
+def _curves(fits: pl.DataFrame, form: str, n_max: float | None = None) -> list[dict]:
+    """Drawable curves (with 95% confidence bands) of the 'ok' fits of one form: refitted from
+    the stored points with the same code, which reproduces the stored parameters."""
+    out = []
+    ok = fits.filter((pl.col("status") == "ok") & (pl.col("form") == form))
+    many = ok["family"].n_unique() > 1
+    for r in ok.iter_rows(named=True):
+        x = np.asarray(r["x"], dtype=float)
+        fit = _refit(form, x, np.asarray(r["y"], dtype=float))
+        hi = max(x.max() * 1.3, n_max or 0.0)
+        grid = np.geomspace(x.min() / 1.3, hi, 120)
+        pr = fit.predict(grid)
+        out.append({"n": grid, "y": pr.y, "lo": pr.ci_low, "hi": pr.ci_high, "form": form,
+                    "label": f"fit {r['formula']} (R² = {fmt(r['r2'], 3)}, {r['n_points']} sizes)"
+                             + (f", {r['family']}" if many else ""),
+                    "fit": fit, "row": r})
+    return out
+
+
+def _fit_text(fits: pl.DataFrame, what: str) -> str:
+    if fits.height == 0:
+        return (f" No fit is stored yet: materialize the family's scaling_fits asset "
+                f"(table power_law_fits) to draw {what}.")
+    parts = []
+    for r in fits.iter_rows(named=True):
+        if r["status"] == "ok":
+            parts.append(f"{r['formula']}, 95% intervals {r['params_95ci']}, R² = "
+                         f"{fmt(r['r2'], 3)}, from {r['n_points']} sizes")
+        else:
+            parts.append(f"no {r['form'].replace('_', ' ')} fit: {r['note']}")
+    return " Fit: " + "; ".join(parts) + "."
+
+
+def _optional_fits(engine, models, quantity) -> pl.DataFrame:
+    try:
+        return _fit_rows(engine, models, quantity)
+    except NoData:
+        return pl.DataFrame()
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-@section("bound_vs_n", "Bounds and empirical risk across model sizes (Fig. 2, left)",
-         sources=["sql/bound_vs_loss"])
-def bound_vs_n(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """Fig. 2 (left): each method's bound and the empirical risk vs model size."""
-    df, config, n_configs = _main_config(_compute_optimal_points(engine, models))
-    sec.png = png_bytes(figures.bound_vs_n(df))
-    sizes = df["model"].n_unique()
+@section("frontier", "The compute-optimal frontier: every bound at each size",
+         sources=["sql/frontier"])
+def frontier_table(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
+    """One row per size at its compute-optimal checkpoint: the headline bound beside the
+    diagnostics and the paper's recipe (view frontier)."""
+    df = _frontier(engine, models).sort("n_params")
+    cols = ["model", "N", "D", "N/D", "step", "R̂_h", "headline (direct Freedman)", "Thm 3.4",
+            "Azuma", "paper recipe (not certified)", "headline gap", "recipe gap", "gap ratio",
+            "code bits/param", "certified"]
+    rows = []
+    for r in df.iter_rows(named=True):
+        step = str(r["step"]) if r["step"] is not None else f"{r['step_lo']}–{r['step_hi']}"
+        rows.append([
+            r["model"], human(r["n_params"]), human(r["n_train_tokens"]),
+            fmt(r["n_over_d"], 4) if r["n_over_d"] is not None else "–", step,
+            fmt(r["empirical_risk_h"]), fmt(r["headline"]), fmt(r["decomposed"]),
+            fmt(r["azuma"]), fmt(r["paper_recipe"]), fmt(r["headline_gap"]),
+            fmt(r["paper_recipe_gap"]), fmt(r["gap_ratio"], 2), fmt(r["bits_per_param"], 2),
+            "yes" if r["certified"] else "no (interpolated)" if r["interpolated"] else "no",
+        ])
+    sec.table = Table(cols, rows)
     sec.caption = (
-        f"Upper bounds on the expected per-token loss (nats per token) at each of {sizes} model "
-        f"size(s), against the number of parameters N (log scale). Each size is shown at its "
-        f"checkpoint closest to the compute-optimal ratio D/N = {COMPUTE_OPTIMAL_TOKENS_PER_PARAM} "
-        f"({_ratio_text(df)}). Solid lines are certified bounds (probability ≥ 1 − δ); dashed "
-        f"coloured lines are shown for comparison only and certify nothing. The black dashed "
-        f"line is the empirical risk the bounds start from; the dotted line is the loss of "
-        f"guessing uniformly. Configuration: {config}"
-        + (f" (the most common of {n_configs} stored)." if n_configs > 1 else ".")
+        "Bounds on the expected per-token loss (nats per token) of each model size. "
+        + _selection_text(df) + " N: parameters; D: training tokens; R̂_h: the float model's "
+        "empirical risk on its D training tokens. The headline is the one certified bound to "
+        "quote (the direct Freedman bound, Lemma 3.2, on the smoothed quantized model); Thm 3.4 "
+        "and Azuma are diagnostics, each certified on its own at the same δ (quoting the "
+        "smallest would cost log(number of bounds) nats of complexity). The paper's recipe "
+        "(nominal b·N bits, 10,000 sampled tokens) is shown for comparison and certifies "
+        "nothing. Gaps are bound − R̂_h; gap ratio = headline gap / recipe gap (below 1: the "
+        "headline adds less to the empirical risk). Code bits/param: the certified code length "
+        f"of the headline's quantized model per parameter. {_delta_text(df)}."
     )
 
 
-@section("term_breakdown", "What the Theorem 3.4 bound is made of (Fig. 2, right)",
+@section("bound_vs_n", "Bounds and empirical risk across model sizes (Fig. 2, left)",
+         sources=["sql/frontier"])
+def bound_vs_n(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
+    """Fig. 2 (left): the headline bound, the diagnostics, the paper's recipe and the empirical
+    risk vs model size."""
+    df = _frontier(engine, models)
+    sec.png = png_bytes(figures.bound_vs_n(df))
+    sec.caption = (
+        f"Upper bounds on the expected per-token loss (nats per token) of {df.height} model "
+        "size(s), against the number of parameters N (log scale). " + _selection_text(df)
+        + " The thick blue line is the headline bound, the one to quote; the thin green and red "
+        "lines are diagnostics (Theorem 3.4 and the Azuma baseline), each certified with "
+        "probability ≥ 1 − δ; the dashed orange line is the paper's recipe, which uses a nominal "
+        "code length and certifies nothing. The black dashed line is the float model's "
+        "empirical risk R̂_h, the dotted grey line the loss of guessing uniformly. "
+        f"{_delta_text(df)}."
+    )
+
+
+@section("term_breakdown", "What the bounds are made of (Fig. 2, right)",
          sources=["sql/bound_breakdown"])
 def term_breakdown(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """Fig. 2 (right): the Thm 3.4 bound split into its additive terms, per size."""
+    """Fig. 2 (right): the Thm 3.4 bound and the headline bound, each stacked from its
+    additive terms, per size."""
     df = query(engine, """
-        SELECT model, n_params, step, tokens_per_param, quantizer, bits, group_size, delta,
-               term, term_order, value, bound
+        SELECT model, n_params, step, tokens_per_param, method, term, term_order, value, bound,
+               interpolated, delta
         FROM bound_breakdown
-        WHERE method = 'freedman_decomposed' AND certified AND nearest_compute_optimal
-          AND additive AND n_params IS NOT NULL
-    """, empty="no certified Theorem 3.4 (freedman_decomposed) bounds yet: materialize the "
-               "bound assets (table bounds), e.g. with `genbound demo`")
+        WHERE method IN ('freedman_decomposed', 'headline') AND at_compute_optimal AND additive
+          AND n_params IS NOT NULL
+    """, empty=FRONTIER_NOTE)
     df = only_models(df, models)
     if df.height == 0:
-        raise NoData("no data yet: no Theorem 3.4 bounds for the selected models")
-    df, config, n_configs = _main_config(df)
+        raise NoData("no data yet: no bounds at the compute-optimal checkpoint for the selected "
+                     "models")
     sec.png = png_bytes(figures.term_breakdown(df))
+    interp = sorted(set(df.filter(pl.col("interpolated"))["model"].to_list()))
     sec.caption = (
-        "The certified Theorem 3.4 bound of each model size (nats per token), stacked from its "
-        "terms: the float model's empirical risk R̂_h, the random-guess term C·log V, the loss "
-        "variation Σ√C, the smoothing cost √(2C), the quantization gap R̂_q − R̂_h and the price "
-        "of certifying all D training tokens from a sample. C is the complexity (code length "
-        "plus log(|grid|/δ), divided by D); a term below zero is drawn below the axis. Left: "
-        "the whole bound (black tick, value above it). Right: the same terms without R̂_h, on "
-        "their own scale: the part of the bound that pays for generalization. Checkpoints "
-        "closest to D/N = "
-        f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM}; configuration: {config}"
-        + (f" (the most common of {n_configs})." if n_configs > 1 else ".")
+        "Each size's bounds at its compute-optimal checkpoint (nats per token), stacked from "
+        "their terms. Plain bars: Theorem 3.4 (the paper's decomposition), the float model's "
+        "empirical risk R̂_h + the random-guess term C·log V + the loss variation Σ√C + the "
+        "smoothing cost √(2C) + the quantization gap R̂_q − R̂_h + the price of certifying all D "
+        "training tokens from a sample (0 when every token is evaluated). Hatched bars: the "
+        "headline, the direct Freedman bound on the smoothed quantized model: its empirical "
+        "risk R̂_sq (already including the quantization and smoothing losses) + the range term "
+        "Δ·C with the tight loss range Δ + Σ√C + the subsample price. C is the complexity (code "
+        "length in nats plus log(|grid|/δ), divided by D). Left: the whole bound (black tick, "
+        "value above it). Right: the same without each bound's own empirical risk (R̂_h for "
+        "Theorem 3.4, R̂_sq for the headline): the part that pays for generalizing. " + (f"Interpolated, not certified: {', '.join(interp)}. " if interp else "")
+        + f"{_delta_text(df)}."
     )
 
 
 @section("sigma_vs_n", "Loss variation Σ across model sizes, with its fit (Fig. 2, centre)",
-         sources=["sql/bound_points", "sql/scaling_fits"])
+         sources=["sql/frontier", "sql/scaling_fits", "power_law_fits"])
 def sigma_vs_n(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """Fig. 2 (centre): Σ per size and its fit Σ(N) = a + b·N^−c.
-
-    HOOK: the points come from bound_points today; the curve appears once a
-    ``power_law_fits`` row with quantity = SIGMA_FIT_QUANTITY and form = SIGMA_FIT_FORM exists
-    (read through the scaling_fits view).  Adjust the two constants to the fit asset's names.
-    """
-    pts = query(engine, """
-        SELECT model, n_params, sigma, quantizer, bits, group_size, delta
-        FROM bound_points
-        WHERE nearest_compute_optimal AND certified AND method = 'freedman_decomposed'
-          AND sigma IS NOT NULL AND n_params IS NOT NULL
-    """, empty="no Σ values yet (bounds.sigma on certified freedman_decomposed rows): "
-               "materialize the bound assets")
-    pts = only_models(pts, models)
-    if pts.height == 0:
-        raise NoData("no data yet: no Σ values for the selected models")
-    pts, config, _ = _main_config(pts)
-    fits = query(engine, "SELECT formula, params_95ci, a, b, c, r2, n_points FROM scaling_fits "
-                         "WHERE quantity = :q AND form = :f",
-                 {"q": SIGMA_FIT_QUANTITY, "f": SIGMA_FIT_FORM})
-    fit = None
-    if fits.height and None not in (fits["a"][0], fits["b"][0], fits["c"][0]):
-        fit = {"a": fits["a"][0], "b": fits["b"][0], "c": fits["c"][0],
-               "label": f"fit {fits['formula'][0]} (R² = {fmt(fits['r2'][0], 3)})"}
-    sec.png = png_bytes(figures.sigma_vs_n(pts, fit))
-    fit_text = (f"The curve is the stored fit {fits['formula'][0]}, 95% intervals "
-                f"{fits['params_95ci'][0]}, from {fits['n_points'][0]} points." if fit else
-                f"No fit is stored yet (power_law_fits with quantity '{SIGMA_FIT_QUANTITY}', form "
-                f"'{SIGMA_FIT_FORM}'): materialize the scaling-fit asset to draw it.")
+    """Fig. 2 (centre): Σ per size and its fit Σ(N) = a + b·N^−c with a 95% band."""
+    df = _frontier(engine, models).filter(pl.col("sigma").is_not_null())
+    if df.height == 0:
+        raise NoData("no data yet: no Σ values at the compute-optimal checkpoints (Thm 3.4 "
+                     "rows): materialize the bound assets")
+    fits = _optional_fits(engine, models, "sigma")
+    curves = _curves(fits, "offset_power")
+    sec.png = png_bytes(figures.sigma_vs_n(df, curves))
     sec.caption = (
-        "Σ, the loss-variation factor of the Freedman bound (its term is Σ√C), for each model "
-        "size at its checkpoint closest to D/N = "
-        f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM}, against N (log scale); {config}. "
-        + fit_text
+        "Σ, the loss-variation factor of the Freedman bound (its term is Σ√C; here Theorem 3.4's "
+        "Σ, at the worst-case loss range, as in the paper), at each model size's compute-optimal "
+        "checkpoint, against N (log scale). The paper finds Σ ≈ 0.27 + 8337·N^−0.54 on Pythia: "
+        "the loss varies less from token to token as models grow, towards a floor. "
+        + _selection_text(df) + _fit_text(fits, "the curve Σ(N) = a + b·N^−c")
+        + (" The grey band is the 95% confidence band of the fitted curve; fits are "
+           "descriptive (not certified)." if curves else "")
+    )
+
+
+@section("headline_vs_recipe", "Our headline bound vs the paper's recipe",
+         sources=["sql/frontier"])
+def headline_vs_recipe(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
+    """The headline bound per size next to the paper's recipe (nominal b·N bits, 10,000 pairs,
+    worst-case loss range), and the ratio of what each adds to the empirical risk."""
+    df = _frontier(engine, models).filter(pl.col("paper_recipe").is_not_null())
+    if df.height == 0:
+        raise NoData("no data yet: no paper-recipe rows at the compute-optimal checkpoints "
+                     "(the reference configuration did not quantize, or no bounds yet)")
+    sec.png = png_bytes(figures.headline_vs_recipe(df))
+    ratios = [r for r in df.sort("n_params")["gap_ratio"].to_list() if r is not None]
+    ratio_text = (f" The headline's gap is {min(ratios):.2f}–{max(ratios):.2f}× the recipe's."
+                  if ratios else "")
+    sec.caption = (
+        "Left: the headline bound (certified) and the paper's recipe (not certified) at each "
+        "size's compute-optimal checkpoint, with the float model's empirical risk R̂_h, in nats "
+        "per token against N (log scale). Right: how much each adds to R̂_h, and their ratio "
+        "(×). The recipe is Theorem 3.4 computed the paper's way: the code length counted as b "
+        "bits per parameter (b·N, which ignores the scales and unquantized tensors a real code "
+        "must store, so it is not a code length), 10,000 sampled tokens, the worst-case loss "
+        "range. The headline uses the certified code length of the chosen quantization (the "
+        "choice paid in nats), every training token when D is small enough (else sampled "
+        "windows with a certified subsample step) and the tight range Δ = log(V/α) − H_min."
+        + ratio_text + f" {_delta_text(df)}."
     )
 
 
 @section("freedman_vs_azuma", "Freedman vs Azuma: the price of generalization",
-         sources=["sql/bound_vs_loss"])
+         sources=["sql/frontier"])
 def freedman_vs_azuma(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
     """How much tighter Freedman's variance-sensitive bounds are than the Azuma baseline."""
-    df = _compute_optimal_points(engine, models).filter(
-        pl.col("certified") & (pl.col("code_length_method") != "nominal"))
-    if df.filter(pl.col("method") == "azuma").height == 0 or df.filter(
-            pl.col("method").str.starts_with("freedman")).height == 0:
-        raise NoData("no data yet: needs certified freedman_* and azuma rows at the same sizes "
-                     "(materialize the bound assets)")
-    df, config, _ = _main_config(df)
+    df = _frontier(engine, models)
+    if df.filter(pl.col("azuma").is_not_null()).height == 0:
+        raise NoData("no data yet: needs Azuma rows at the compute-optimal checkpoints")
     sec.png = png_bytes(figures.gap_vs_n(df))
-    ratios = []
-    for model, n in df.select("model", "n_params").unique().sort("n_params").rows():
-        m = df.filter(pl.col("model") == model)
-        az = m.filter(pl.col("method") == "azuma")["gap"]
-        fr = m.filter(pl.col("method").str.starts_with("freedman"))["gap"]
-        if len(az) and len(fr) and fr.min() > 0:
-            ratios.append((n, az[0] / fr.min()))
+    d = df.filter(pl.col("azuma").is_not_null() & pl.col("empirical_risk_h").is_not_null()).sort("n_params")
+    ratios = [(n, (a - r) / (h - r)) for n, a, h, r in
+              d.select("n_params", "azuma", "headline", "empirical_risk_h").rows() if h - r > 0]
     ratio_text = ""
     if ratios:
         lo, hi = min(r for _, r in ratios), max(r for _, r in ratios)
-        ratio_text = (f" The Azuma gap is {lo:.2f}–{hi:.2f}× the smaller Freedman gap across "
-                      f"sizes (at N = {human(ratios[-1][0])}: {ratios[-1][1]:.2f}×).")
+        ratio_text = (f" Azuma's gap is {lo:.2f}–{hi:.2f}× the headline's across sizes (at "
+                      f"N = {human(ratios[-1][0])}: {ratios[-1][1]:.2f}×).")
     sec.caption = (
-        "Bound minus empirical risk (nats per token, log scale) for each certified method, "
-        "against model size N (log scale): the part of each bound that pays for generalizing "
-        "from the training tokens. Freedman's bound scales with the loss variation of the "
-        "model, Azuma's with the worst-case loss range (Lotfi et al. 2024), so Freedman's gap "
-        f"should be the smaller one.{ratio_text} Checkpoints closest to D/N = "
-        f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM}; {config}."
+        "Bound minus the float model's empirical risk R̂_h (nats per token, log scale) for the "
+        "certified bounds at each size's compute-optimal checkpoint, against N (log scale): "
+        "the part of each bound that pays for generalizing from D training tokens. Freedman's "
+        "bounds (headline, Theorem 3.4) scale with the loss variation Σ; Azuma's (Lotfi et al. "
+        "2024) with the worst-case loss range, so it should be the larger." + ratio_text
+        + f" {_delta_text(df)}."
     )
 
 
-@section("frontier", "The compute-optimal frontier: every bound at each size",
-         sources=["sql/bound_vs_loss"])
-def frontier_table(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """One row per size at its compute-optimal checkpoint: every method's bound side by side."""
-    df = _compute_optimal_points(engine, models)
-    cols = ["model", "N", "step", "D", "D/N", "configuration", "R̂_h",
-            "Freedman direct", "Thm 3.4", "Azuma", "Thm 3.4, b·N code (not certified)",
-            "log V"]
-    key = ["model", *CONFIG_COLS]
+@section("scaling_laws", "Scaling laws across sizes, and the headline bound extrapolated",
+         sources=["sql/frontier", "sql/scaling_fits", "power_law_fits"])
+def scaling_laws(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
+    """The headline bound and the empirical risk across sizes with their fitted scaling laws,
+    the headline extrapolated to 10× the largest size, and every stored fit in a table."""
+    df = _frontier(engine, models)
+    fits = _optional_fits(engine, models, None)
+    if fits.height == 0:
+        raise NoData("no data yet: no scaling-law fits stored: materialize the family's "
+                     "scaling_fits asset (table power_law_fits)")
+    ex_rows = fits.filter((pl.col("quantity") == "headline") & (pl.col("status") == "ok"))
+    extrapolations = [{**json.loads(e), "form": f} for e, f in
+                      ex_rows.select("extrapolation", "form").rows() if e]
+    n_max = max((e["n_params"] for e in extrapolations), default=None)
+    curves = {q: [c for form in ("offset_power", "power")
+                  for c in _curves(fits.filter(pl.col("quantity") == q), form, n_max)]
+              for q in ("headline", "empirical_risk")}
+    sec.png = png_bytes(figures.scaling_laws(df, curves, extrapolations))
+    many = fits["family"].n_unique() > 1
+    cols = (["family"] if many else []) + ["quantity", "form", "fit", "95% intervals", "R²",
+                                           "sizes", "extrapolated to 10× N (95% CI; PI)"]
     rows = []
-    for _keys, g in sorted(df.group_by(key), key=lambda kg: (kg[1]["n_params"][0], str(kg[0]))):
-        def pick(method: str, nominal: bool = False, g=g) -> str:
-            s = g.filter((pl.col("method") == method)
-                         & ((pl.col("code_length_method") == "nominal") == nominal))
-            if nominal:
-                return fmt(s["bound"][0]) if s.height else "–"
-            s = s.filter(pl.col("certified"))
-            return fmt(s["bound"][0]) if s.height else "–"
-
-        first = g.row(0, named=True)
-        dec = g.filter(pl.col("method") == "freedman_decomposed")
-        rows.append([
-            first["model"], human(first["n_params"]), str(first["step"]),
-            human(first["n_train_tokens"]),
-            f"{first['tokens_per_param']:.3g}" if first["tokens_per_param"] else "–",
-            _config_text(first),
-            fmt(dec["empirical_risk"][0]) if dec.height else "–",
-            pick("freedman_direct"), pick("freedman_decomposed"), pick("azuma"),
-            pick("freedman_decomposed", nominal=True),
-            fmt(first["random_guess_loss"]) if first["random_guess_loss"] is not None else "–",
-        ])
+    for r in fits.iter_rows(named=True):
+        ex = json.loads(r["extrapolation"]) if r["extrapolation"] else None
+        ex_text = (f"N = {human(ex['n_params'])}: {fmt(ex['y'])} [{fmt(ex['ci_low'])}, "
+                   f"{fmt(ex['ci_high'])}]; [{fmt(ex['pi_low'])}, {fmt(ex['pi_high'])}]"
+                   if ex and ex.get("y") is not None else "–")
+        rows.append(([r["family"]] if many else []) + [
+            FIT_LABELS.get(r["quantity"], r["quantity"]) + (f" ({r['unit']})" if r["unit"] else ""),
+            "a·N^c" if r["form"] == "power" else "a + b·N^−c",
+            r["formula"] or f"none: {r['note']}", r["params_95ci"] or "–",
+            fmt(r["r2"], 3) if r["r2"] is not None else "–", str(r["n_points"] or 0), ex_text])
     sec.table = Table(cols, rows)
+    names = {"offset_power": "a + b·N^−c", "power": "a·N^c"}
+    ex_text = "".join(
+        f" Extrapolated to N = {human(e['n_params'])} (10× the largest size) by the "
+        f"{names[e['form']]} fit, the headline is {fmt(e['y'])} nats per token, 95% interval of "
+        f"the curve [{fmt(e['ci_low'])}, {fmt(e['ci_high'])}], of a new size's bound "
+        f"[{fmt(e['pi_low'])}, {fmt(e['pi_high'])}] (thick and thin bars)."
+        for e in extrapolations)
+    if len(extrapolations) > 1:
+        ex_text += (" Both forms were declared before fitting; where they disagree, the data "
+                    "cannot tell them apart and the extrapolation is that uncertain.")
     sec.caption = (
-        "For each model size and configuration, at the checkpoint closest to D/N = "
-        f"{COMPUTE_OPTIMAL_TOKENS_PER_PARAM}: N parameters, D training tokens, the float "
-        "model's empirical risk R̂_h and each certified bound, in nats per token (each holds "
-        "with probability ≥ 1 − δ on its own; reporting the smallest of them is a choice that "
-        "costs log(number of bounds) nats of complexity). The b·N column uses the paper's "
-        "nominal code length, which is not a valid code length here and certifies nothing. "
-        "log V is the loss of guessing uniformly."
+        "Figure: the headline bound (blue) and the float model's empirical risk R̂_h (black) at "
+        "each size's compute-optimal checkpoint, in nats per token against N (log scale), with "
+        "their fitted curves (a + b·N^−c solid, a·N^c dashed) and 95% confidence bands."
+        + ex_text + " Table: every "
+        "stored fit (table power_law_fits, one form fixed in advance per quantity; "
+        "a·N^c is fitted on log-log axes, a + b·N^−c by nonlinear least squares). Terms are "
+        "Theorem 3.4's at the compute-optimal checkpoints; K(h) is the prequential estimate. "
+        "A fit needs 3 sizes (a·N^c) or 4 (a + b·N^−c) for its intervals; with fewer, a record "
+        "says so instead. Fits and extrapolations describe the measured bounds; they are not "
+        "certified, and the intervals are the regression's, not the bounds' δ."
     )
 
 
-@section("bound_over_training", "Bounds over training",
+@section("prequential_vs_counting", "Prequential complexity vs parameter counting (Fig. 3)",
+         sources=["sql/frontier", "sql/scaling_fits", "power_law_fits"])
+def prequential_vs_counting(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
+    """Fig. 3: the prequential K(h) (eq. 5) vs parameter counting b·N and the certified code
+    length, with the fit K(h) = a·N^c and where it would cross b·N."""
+    df = _frontier(engine, models).filter(pl.col("prequential_bits").is_not_null())
+    if df.height == 0:
+        raise NoData("no data yet: no prequential K(h) at the compute-optimal checkpoints: "
+                     "materialize the family's prequential_complexity assets")
+    fits = _optional_fits(engine, models, "prequential_bits")
+    nominal = df.filter(pl.col("nominal_bits").is_not_null())
+    b = float(np.median(nominal["nominal_bits"] / nominal["n_params"])) if nominal.height else None
+    cross_text, n_cross = "", None
+    ok = fits.filter(pl.col("status") == "ok") if fits.height else fits
+    if b and ok.height:
+        r = ok.row(0, named=True)
+        fit = _refit("power", r["x"], r["y"])
+        a, c = fit.params["a"], fit.params["c"]
+        if c < 1:
+            n_cross = (a / b) ** (1.0 / (1.0 - c))
+            cross_text = (f" The fitted K(h) = a·N^c grows more slowly than b·N (c < 1) and would "
+                          f"cross it at N ≈ {human(n_cross)} parameters; that crossing is an "
+                          "extrapolation of the fit, as in the paper (≈ 20–30B for Pythia).")
+    curves = _curves(fits, "power", n_cross * 1.5 if n_cross and n_cross < 1e4 * df["n_params"].max()
+                     else None) if fits.height else []
+    sec.png = png_bytes(figures.prequential_vs_counting(df, curves))
+    sec.caption = (
+        "Information content of each model, in bits (log scale) against N (log scale), at its "
+        "compute-optimal checkpoint. Purple: the prequential estimate K(h) of eq. 5 (the area "
+        "between the loss curve and the final loss over training; an estimate, not "
+        "certified). Orange: parameter counting, b bits for each of the N parameters (the "
+        "paper's b·N). Blue: the certified code length of the quantized model the headline "
+        "bound uses." + _fit_text(fits, "K(h) = a·N^c") + cross_text
+    )
+
+
+@section("bound_over_training", "The headline bound over training",
          sources=["sql/bound_over_training"])
 def bound_over_training(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """Bound and measured loss over training, per model.
-
-    HOOK: today it draws the certified rows of the most common method; once bounds carry a
-    ``role`` column, draw the 'headline' rows here instead.
-    """
+    """The headline bound at every bounded checkpoint and the loss curve, per model."""
     df = query(engine, """
-        SELECT t.model, m.n_params, t.step, t.tokens_seen, t.method, t.code_length_method,
-               t.certified, t.quantizer, t.bits, t.group_size, t.delta, t.empirical_risk,
-               t.bound, t.next_tokens_loss
-        FROM bound_over_training AS t LEFT JOIN models AS m ON m.model = t.model
-        WHERE t.tokens_seen > 0
+        SELECT model, n_params, step, tokens_seen, headline, headline_certified,
+               next_tokens_loss, at_compute_optimal, delta
+        FROM bound_over_training
+        WHERE tokens_seen > 0
     """, empty="no bounds or losses with tokens_seen yet: materialize the bound and loss-curve "
                "assets (tables bounds, checkpoint_losses, checkpoints)")
     df = only_models(df, models)
-    bounds = df.filter(pl.col("certified") & pl.col("bound").is_not_null())
-    if bounds.height == 0:
-        raise NoData("no data yet: no certified bounds with tokens_seen (materialize the bound "
-                     "assets and register checkpoints)")
-    counts = Counter(bounds["method"].to_list())
-    method = max(counts, key=lambda m: (counts[m], -figures._method_rank(m)))
-    bounds, config, _ = _main_config(bounds.filter(pl.col("method") == method))
-    steps_per_model = bounds.group_by("model").agg(pl.len())["len"].max()
-    if steps_per_model < 2:
-        raise NoData("no data yet: every model has a bound at one step only; bounds over "
-                     "training need several checkpoints per model")
-    losses = (df.filter(pl.col("next_tokens_loss").is_not_null())
-              .select("model", "n_params", "tokens_seen", "next_tokens_loss").unique())
-    plot = pl.concat([
-        bounds.select("model", "n_params", "tokens_seen", "bound",
-                      pl.lit(None, dtype=pl.Float64).alias("next_tokens_loss")),
-        losses.select("model", "n_params", "tokens_seen",
-                      pl.lit(None, dtype=pl.Float64).alias("bound"), "next_tokens_loss"),
-    ])
-    sec.png = png_bytes(figures.bound_over_training(plot, method))
+    if df.filter(pl.col("headline").is_not_null()).height == 0:
+        raise NoData("no data yet: no headline bounds with tokens_seen (materialize the bound "
+                     "assets)")
+    sec.png = png_bytes(figures.bound_over_training(df))
+    per_model = df.filter(pl.col("headline").is_not_null()).group_by("model").len()["len"]
     sec.caption = (
-        f"For each model, the certified bound ({figures.method_label(method)}; {config}) at each "
-        "checkpoint that has one (solid), and the mean loss on the tokens the checkpoint is "
-        "about to train on (dotted), in nats per token, against tokens seen (log scale). Each "
-        "point is a separate statement at its own δ."
+        "For each model, the headline bound at each checkpoint that has one (solid, markers; "
+        "hollow: not certified) and the mean loss on the tokens each checkpoint is about to "
+        "train on (dotted: the loss curve), in nats per token against tokens seen (log scale). "
+        "The star is the compute-optimal checkpoint. A bound at D training tokens covers the "
+        "expected loss over those D tokens' contexts; each point is its own statement at its "
+        f"own δ. {_count_text(per_model)} bounded checkpoint(s) per model (setting "
+        "`selection`: the D* bracket and the final checkpoint by default, `all` for every "
+        f"checkpoint). {_delta_text(df)}."
     )
 
 
@@ -335,7 +474,7 @@ def loss_curves(engine: Engine, sec: Section, models: Sequence[str] | None) -> N
            "prequential estimate's input). " if "next_tokens" in kinds else "")
         + ("Dashed: loss on a fixed held sample of positions (held_sample). "
            if "held_sample" in kinds else "")
-        + f"{df.height} checkpoints, "
+        + f"{df.height} points, "
         + (f"{df['n_tokens'].min()}" if df["n_tokens"].min() == df["n_tokens"].max()
            else f"{df['n_tokens'].min()}–{df['n_tokens'].max()}")
         + " scored tokens each."
@@ -348,7 +487,8 @@ def hessian_spectra(engine: Engine, sec: Section, models: Sequence[str] | None) 
     """Fig. 4 style: the Hessian's eigenvalue density per model (its latest measured step)."""
     df = query(engine, """
         SELECT DISTINCT ON (h.model) h.model, m.n_params, h.step, h.n_lanczos, h.n_vectors,
-               h.n_batch_tokens, h.lambda_min, h.lambda_max, h.density_grid, h.density
+               h.n_batch_tokens, h.lambda_min, h.lambda_max, h.bits_needed, h.density_grid,
+               h.density
         FROM hessian_spectra AS h LEFT JOIN models AS m ON m.model = h.model
         WHERE h.density IS NOT NULL AND h.density_grid IS NOT NULL
         ORDER BY h.model, h.step DESC, h.n_lanczos DESC, h.n_vectors DESC
@@ -358,6 +498,10 @@ def hessian_spectra(engine: Engine, sec: Section, models: Sequence[str] | None) 
         raise NoData("no data yet: no Hessian spectra for the selected models")
     sec.png = png_bytes(figures.hessian_densities(df))
     r = df.row(0, named=True)
+    bits = [(m, b) for m, b in df.sort("n_params").select("model", "bits_needed").rows() if b]
+    bits_text = (" App. B's estimate of the bits per parameter that suffice for the measured "
+                 "quantization gap (an estimate, not certified): "
+                 + ", ".join(f"{m} {b:.2f}" for m, b in bits) + "." if bits else "")
     sec.caption = (
         "Estimated eigenvalue density φ(λ) of the training-loss Hessian (log scale) for each "
         "model at its latest measured checkpoint, from stochastic Lanczos quadrature "
@@ -365,34 +509,8 @@ def hessian_spectra(engine: Engine, sec: Section, models: Sequence[str] | None) 
         f"{human(r['n_batch_tokens'])} tokens for the first model), Gaussian-smoothed, per "
         "unit λ. As in the paper's Fig. 4, look for the bulk near λ = 0 and the few large "
         "outliers; mass below zero means the checkpoint is not at a local minimum of the "
-        "training loss (or is SLQ noise)."
+        "training loss (or is SLQ noise)." + bits_text
     )
-
-
-@section("prequential_vs_counting", "Prequential complexity vs parameter counting (Fig. 3)",
-         sources=["bounds (method = 'prequential')", "sql/scaling_fits"])
-def prequential_vs_counting(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """Fig. 3: prequential complexity K(h) vs parameter counting (N·b bits), with the fit
-    K(h) = a·N^c.
-
-    HOOK: needs the prequential rows (bounds.method = 'prequential', K(h) in code_length_bits)
-    and the power_law_fits row for K(h).  Draw K(h) bits and N·b bits vs N (log-log), the fit
-    with its 95% band, and mark the crossover.
-    """
-    raise NoData("not built yet: waits for the prequential K(h) rows and their power-law fit")
-
-
-@section("headline_vs_recipe", "Our headline bound vs the paper's recipe",
-         sources=["bounds.role", "compute-optimal selections"])
-def headline_vs_recipe(engine: Engine, sec: Section, models: Sequence[str] | None) -> None:
-    """The headline bound per size next to the paper's recipe (GPTQ 4-bit, nominal code length,
-    m = 10,000, δ = 0.01).
-
-    HOOK: needs the bounds.role column ('headline', 'reference', ...) and the compute-optimal
-    selection table; then draw both bounds vs N and tabulate their difference.
-    """
-    raise NoData("not built yet: waits for bounds.role (headline / reference rows) and the "
-                 "compute-optimal selection table")
 
 
 def section_keys() -> list[str]:
@@ -417,8 +535,16 @@ def build_sections(engine: Engine, models: Sequence[str] | None = None) -> list[
     return [fn(engine, models) for fn in SECTIONS]
 
 
-def figure_png(key: str, engine: Engine, models: Sequence[str] | None = None) -> bytes | None:
+METADATA_DPI = 64
+
+
+def figure_png(key: str, engine: Engine, models: Sequence[str] | None = None,
+               dpi: float | None = None) -> bytes | None:
     """The PNG of one section's figure (None when its data is absent or it is a table): for
     Dagster metadata, e.g. ``dg.MetadataValue.md(md_image(figure_png("loss_curves", engine,
-    [model])))``."""
-    return run_section(key, engine, models).png
+    [model], dpi=METADATA_DPI)))``.  ``dpi`` lowers the resolution (smaller events)."""
+    token = PNG_DPI.set(dpi)
+    try:
+        return run_section(key, engine, models).png
+    finally:
+        PNG_DPI.reset(token)

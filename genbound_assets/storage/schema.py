@@ -42,6 +42,7 @@ QUANTIZERS = ("none", "gptq", "rtn")
 EVAL_KINDS = ("next_tokens", "held_sample")
 QUANTIZATION_STATUSES = ("ok", "failed")
 FIT_FORMS = ("power", "offset_power")
+FIT_STATUSES = ("ok", "not_enough_sizes", "not_fitted")
 
 _SCHEMA_LOCK_KEY = 0x67656E62  # "genb": serializes concurrent create_schema calls
 
@@ -335,9 +336,12 @@ compute_optimal = Table(
     _stamp(),
 )
 
+# Scaling-law fits across a family's model sizes (fits/scaling.py; none of them is certified).
 power_law_fits = Table(
     "power_law_fits",
     metadata,
+    # first, so that the key's column order is the table's (create_schema compares them)
+    Column("family", Text, nullable=False, server_default=""),
     Column("quantity", Text, nullable=False),
     Column("form", Text, nullable=False),
     Column("selection", Text, nullable=False, server_default=""),
@@ -350,8 +354,18 @@ power_law_fits = Table(
     Column("residuals", ARRAY(Double)),
     Column("certified", Boolean, nullable=False, server_default=sa.false()),
     _stamp(),
-    PrimaryKeyConstraint("quantity", "form", "selection", name="power_law_fits_pkey"),
+    # ok | not_enough_sizes (a record, not a fit) | not_fitted (the note says why)
+    Column("status", Text, nullable=False, server_default="ok"),
+    Column("note", Text),
+    Column("unit", Text),  # of the fitted quantity (y)
+    Column("source", Text),  # which stored values the points are
+    Column("x", ARRAY(Double)),  # N of each point
+    Column("y", ARRAY(Double)),
+    Column("models", ARRAY(Text)),
+    Column("extrapolation", JSONB),  # {n_params, factor, y, ci_low, ci_high, pi_low, pi_high}
+    PrimaryKeyConstraint("family", "quantity", "form", "selection", name="power_law_fits_pkey"),
     _in("form", FIT_FORMS, "power_law_fits"),
+    _in("status", FIT_STATUSES, "power_law_fits"),
 )
 
 TABLES: tuple[str, ...] = tuple(metadata.tables)

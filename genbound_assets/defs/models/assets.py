@@ -20,6 +20,7 @@ import torch
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.families.runtime import figure_md
+from genbound_assets.defs.sql.figures import MODEL_FIGURES, figure_metadata
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.measure.hessian import hessian_spectrum as slq_spectrum
 from genbound_assets.pipeline.model_steps import compute_optimal_rows, hessian_row, prequential_rows
@@ -224,6 +225,7 @@ def build(parts: FamilyParts) -> list:
                 metadata["headline_bound"] = float(hd["bound"][0])
                 metadata["empirical_risk_sq"] = float(hd["empirical_risk"][0])
         metadata["plot"] = figure_md(fig, "model bounds")
+        metadata.update(figure_metadata(engine, [model], MODEL_FIGURES, log=context.log))
         context.log.info(json.dumps({k: v for k, v in metadata.items() if isinstance(v, int | float)}))
         return dg.MaterializeResult(metadata=metadata)
 
