@@ -19,7 +19,6 @@ import torch
 
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
-from genbound_assets.defs.families.runtime import figure_md
 from genbound_assets.defs.sql.figures import MODEL_FIGURES, figure_metadata
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.measure.hessian import hessian_spectrum as slq_spectrum
@@ -28,15 +27,6 @@ from genbound_assets.storage import read_frame
 from genbound_assets.storage.records import write_model_rows
 
 AUTO = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _bounded(engine, model: str, sample: str) -> dict[int, list[dict]]:
@@ -77,19 +67,11 @@ def build(parts: FamilyParts) -> list:
         model = context.partition_key
         df = read_frame(postgres.get_engine(), "SELECT step, tokens_seen, eval_kind, mean_loss "
                         "FROM checkpoint_losses WHERE model = :m ORDER BY tokens_seen", {"m": model})
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for kind, style in (("next_tokens", "o-"), ("held_sample", "s--")):
-            sub = df.filter(df["eval_kind"] == kind)
-            x = np.maximum(sub["tokens_seen"].to_numpy(), 1)
-            ax.plot(x, sub["mean_loss"].to_numpy(), style, ms=3, label=kind.replace("_", " "))
-        ax.set_xscale("log")
-        ax.set(xlabel="tokens seen", ylabel="loss (nats/token)", title=f"{model}: loss curve")
-        ax.legend()
         nxt = df.filter(df["eval_kind"] == "next_tokens")
         return dg.MaterializeResult(metadata={
             "points": nxt.height, "final_next_tokens_loss": float(nxt["mean_loss"][-1]) if nxt.height else None,
-            "plot": figure_md(fig, "loss curve")})
+            **figure_metadata(postgres.get_engine(), [model],
+                              (("loss_curves", "loss curve against tokens seen"),), log=context.log)})
 
     @dg.asset(key=parts.key("compute_optimal"), partitions_def=parts.model, group_name=fam,
               deps=[dep("checkpoint_bounds"), dep("checkpoint")], automation_condition=AUTO,
@@ -165,16 +147,12 @@ def build(parts: FamilyParts) -> list:
                           n_vectors=s.slq_vectors, seed=s.slq_seed, n_batch_tokens=int(ids.numel()),
                           target_gap=max(target, 1e-3), delta=s.delta)
         write_model_rows(engine, model, hessian=row)
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        if row["density"]:
-            ax.semilogy(row["density_grid"], np.maximum(row["density"], 1e-12))
-        ax.set(xlabel="eigenvalue", ylabel="density", title=f"{model} step {step}: Hessian spectrum (SLQ)")
         return dg.MaterializeResult(metadata={
             "step": int(step), "trace_sqrt_positive": row["trace_sqrt_positive"],
             "trace_sqrt_shifted": row["trace_sqrt_shifted"], "lambda_min": row["lambda_min"],
             "lambda_max": row["lambda_max"], "bits_needed": row["bits_needed"],
-            "spectrum": figure_md(fig, "spectral density")})
+            **figure_metadata(engine, [model], (("hessian_spectra", "SLQ spectral density (Fig. 4)"),),
+                              log=context.log)})
 
     @dg.asset(key=parts.key("model_bounds"), partitions_def=parts.model, group_name=fam,
               deps=[parts.key("compute_optimal"), dep("checkpoint_bounds"),
@@ -185,46 +163,27 @@ def build(parts: FamilyParts) -> list:
               "headline, diagnostics and paper recipe against tokens seen.")
     def model_bounds(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
-        b = read_frame(engine, "SELECT step, method, bound, empirical_risk, n_train_tokens, "
-                       "random_guess_term, loss_variation_term, smoothing_term, quantization_gap, "
-                       "subsample_term, certified, interpolated FROM bounds WHERE model = :m "
-                       "AND sample = :s ORDER BY step", {"m": model, "s": sample})
-        co = read_frame(engine, "SELECT * FROM compute_optimal WHERE model = :m", {"m": model})
-        plt = _plt()
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for method, style in (("headline", "o-"), ("freedman_decomposed", "s--"), ("azuma", "^:"),
-                              ("paper_recipe", "x-.")):
-            sub = b.filter((b["method"] == method) & ~b["interpolated"])
-            if sub.height:
-                ax1.plot(sub["n_train_tokens"].to_numpy(), sub["bound"].to_numpy(), style, label=method)
-        head = b.filter((b["method"] == "headline") & ~b["interpolated"])
-        if head.height:
-            ax1.plot(head["n_train_tokens"].to_numpy(), head["empirical_risk"].to_numpy(), "k.",
-                     label="R̂_sq (headline's empirical risk)")
-        ax1.set_xscale("log")
-        ax1.set(xlabel="D (training targets)", ylabel="nats/token", title=f"{model}: bounds by checkpoint")
-        ax1.legend(fontsize=7)
-        metadata = {"bounded_checkpoints": head.height}
+        b = read_frame(engine, "SELECT step, method, bound, empirical_risk, random_guess_term, "
+                       "loss_variation_term, smoothing_term, quantization_gap, subsample_term "
+                       "FROM bounds WHERE model = :m AND sample = :s AND NOT interpolated",
+                       {"m": model, "s": sample})
+        co = read_frame(engine, "SELECT step FROM compute_optimal WHERE model = :m", {"m": model})
+        metadata: dict = {"bounded_checkpoints": int(b.filter(b["method"] == "headline").height)}
         step = co["step"][0] if co.height and co["step"][0] is not None else None
         if step is not None:
-            dec = b.filter((b["method"] == "freedman_decomposed") & (b["step"] == step))
-            hd = b.filter((b["method"] == "headline") & (b["step"] == step))
-            if dec.height:
-                r = dec.row(0, named=True)
+            at = {r["method"]: r for r in b.filter(b["step"] == step).iter_rows(named=True)}
+            if "headline" in at:
+                metadata.update(compute_optimal_step=int(step), headline_bound=float(at["headline"]["bound"]),
+                                empirical_risk_sq=float(at["headline"]["empirical_risk"]))
+            if "freedman_decomposed" in at:
+                r = at["freedman_decomposed"]
                 names = ["empirical_risk", "random_guess_term", "loss_variation_term",
                          "smoothing_term", "quantization_gap", "subsample_term"]
-                vals = [r[k] or 0.0 for k in names]
-                ax2.bar(range(len(names)), vals, color="tab:blue")
-                ax2.set_xticks(range(len(names)), ["R̂_h", "C log V", "Σ√C", "√(2C)", "R̂_q−R̂_h", "subsample"],
-                               rotation=30, fontsize=8)
-                ax2.set(ylabel="nats/token", title=f"Thm 3.4 terms at the compute-optimal step {step}")
                 metadata["decomposed_terms"] = dg.MetadataValue.json(
-                    {k: round(float(v), 4) for k, v in zip(names, vals, strict=True)})
-            if hd.height:
-                metadata["compute_optimal_step"] = int(step)
-                metadata["headline_bound"] = float(hd["bound"][0])
-                metadata["empirical_risk_sq"] = float(hd["empirical_risk"][0])
-        metadata["plot"] = figure_md(fig, "model bounds")
+                    {k: round(float(r[k] or 0.0), 4) for k in names})
+            if "paper_recipe" in at:
+                metadata["paper_recipe_bound"] = float(at["paper_recipe"]["bound"])
+        # the report's figures (bound over training, the Thm 3.4 breakdown), as in `genbound report`
         metadata.update(figure_metadata(engine, [model], MODEL_FIGURES, log=context.log))
         context.log.info(json.dumps({k: v for k, v in metadata.items() if isinstance(v, int | float)}))
         return dg.MaterializeResult(metadata=metadata)
