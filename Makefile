@@ -5,13 +5,11 @@ BIN         := $(VENV)/bin
 # CPU build that lies on disk here; on a GPU machine: make TORCH_SPEC="torch==2.13.0 --index-url ..."
 TORCH_SPEC  ?= torch==2.13.0
 GPTQMODEL   ?= gptqmodel==7.6.0
-# Dagster integration libraries for the service (docker/, docker/k8s/): they pin dagster==<their
-# release> exactly, and the registry has no 0.29.28 to match dagster 1.13.28 (dagster-webserver
-# 1.13.28 is the newest, so dagster resolves to 1.13.28).  0.29.27 is installed with --no-deps so it
-# cannot move dagster; it works with 1.13.28 (genbound_assets_tests/test_production_config.py,
-# test_k8s_config.py) and prints a version-mismatch UserWarning on import.  Their runtime
-# dependencies are in pyproject.toml.  Bump all three together once 0.29.28 is published.
-DAGSTER_LIBS ?= dagster-postgres==0.29.27 dagster-k8s==0.29.27
+# The Dagster set is pinned to one release in pyproject.toml (dagster, -webserver, -graphql,
+# -pipes, -shared 1.13.27; dagster-postgres, dagster-k8s 0.29.27; dagster-dg-cli/-core 1.13.27):
+# the integration libraries pin dagster==<their release> and the registry's newest
+# dagster-postgres/-k8s are 0.29.27, its newest dagster-dg-cli 1.13.27.  So `pip install -e .`
+# resolves them together; bump them all at once (docs/deploy.md, "Versions").
 PIP         := $(BIN)/python -m pip
 CORES       := $(shell nproc 2>/dev/null || echo 2)
 export GPTQMODEL_CPU_WORKERS ?= $(CORES)
@@ -29,9 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e '.[dev]'
 	@echo ">> $(GPTQMODEL) with --no-deps (it pins protobuf>=7.34; dagster needs <7; runtime deps are in pyproject)"
 	$(PIP) install -q --no-deps --no-build-isolation $(GPTQMODEL)
-	@echo ">> $(DAGSTER_LIBS) with --no-deps (they pin dagster 1.13.27; see DAGSTER_LIBS above)"
-	$(PIP) install -q --no-deps $(DAGSTER_LIBS)
-	@$(PIP) check || echo ">> pip check: only GPTQModel's protobuf pin and the dagster-postgres/dagster-k8s dagster pins are expected above (see README)"
+	@$(PIP) check || echo ">> pip check: only GPTQModel's protobuf pin is expected above (see README)"
 	@touch $@
 
 demo: setup

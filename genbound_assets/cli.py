@@ -293,6 +293,9 @@ def ui(host: str, port: int, workspace: Path) -> None:
     argv, env = ui_command(host, port, workspace)
     click.echo(f"genbound ui: store {storage.describe_url(env[storage.DATABASE_URL_ENV])}; "
                f"DAGSTER_HOME={env['DAGSTER_HOME']}; http://{host}:{port}", err=True)
+    click.echo(f"genbound ui: `dagster dev` on {workspace.name}; equivalent to `dg dev -h {host} -p "
+               f"{port}` run in {workspace.parent} with GENBOUND_DATABASE_URL and DAGSTER_HOME "
+               "exported (the [tool.dg] project in pyproject.toml is the same code location)", err=True)
     # A shell's `&` leaves SIGINT ignored, and exec keeps ignored signals ignored: restore the
     # defaults so Ctrl-C / SIGTERM stop dagster dev.
     for sig in (signal.SIGINT, signal.SIGTERM):

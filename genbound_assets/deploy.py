@@ -12,7 +12,9 @@ and a job or schedule made only of such assets adds ``tags=GPU_RUN_TAGS``.  Unde
 ``k8s_job_executor`` (``GENBOUND_EXECUTOR=k8s``, see :func:`executor_from_env`) every step is its
 own pod and the ``dagster-k8s/config`` op tag gives GPU steps a GPU; elsewhere that tag is inert.
 
-dagster-k8s is imported only when that executor is asked for.
+Wired into the asset graph (genbound_assets/defs/): ``checkpoint_loss``, ``quantized_model``,
+``token_losses`` and ``hessian_spectrum`` declare the pool and the op tags; defs/executor.py sets
+the executor.  dagster-k8s is imported only when that executor is asked for.
 """
 
 from __future__ import annotations
@@ -68,15 +70,28 @@ def gpu_op_tags(gpus: int = 1, **k8s: Any) -> dict[str, Any]:
 def executor_from_env():
     """The executor ``GENBOUND_EXECUTOR`` names for the code location, or None for Dagster's default.
 
-    ``k8s``: ``dagster_k8s.k8s_job_executor`` (each step a Kubernetes Job; used with the Helm
-    chart's K8sRunLauncher).  Unset, empty or ``default``: None (multiprocess executor, which is
-    what docker compose and ``genbound ui`` run).  Anything else raises a one-line ValueError.
+    Read by genbound_assets/defs/executor.py when the code location loads.
+
+    * unset, empty or ``default``: None, Dagster's multiprocess executor (each step a new
+      process), which is what docker compose and ``genbound ui`` run by default;
+    * ``in_process``: ``dagster.in_process_executor``: every step in the run's own process, which
+      saves one Python + torch import per step (20-30 s on a loaded 2-core machine, a few seconds
+      on a server) at the price of no parallel steps within a run; pools still apply;
+    * ``k8s``: ``dagster_k8s.k8s_job_executor`` (each step a Kubernetes Job; used with the Helm
+      chart's K8sRunLauncher).
+
+    Anything else raises a one-line ValueError.
     """
     kind = os.environ.get(EXECUTOR_ENV, "").strip().lower()
     if kind in ("", "default"):
         return None
+    if kind == "in_process":
+        import dagster as dg
+
+        return dg.in_process_executor
     if kind == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    raise ValueError(f"{EXECUTOR_ENV}={kind!r} is not an executor: use 'k8s' or leave it unset")
+    raise ValueError(f"{EXECUTOR_ENV}={kind!r} is not an executor: use 'k8s', 'in_process' or "
+                     "leave it unset")

@@ -348,6 +348,87 @@ def test_executor_from_env(monkeypatch):
     assert deploy.executor_from_env() is None
     monkeypatch.setenv(deploy.EXECUTOR_ENV, " K8s ")
     assert deploy.executor_from_env() is k8s_job_executor
+    monkeypatch.setenv(deploy.EXECUTOR_ENV, "in_process")
+    assert deploy.executor_from_env() is dg.in_process_executor
     monkeypatch.setenv(deploy.EXECUTOR_ENV, "celery")
     with pytest.raises(ValueError, match="GENBOUND_EXECUTOR='celery' is not an executor"):
         deploy.executor_from_env()
+
+
+# --------------------------------------------------------------------------------------------
+# The real asset graph (genbound_assets/defs/) wired to the same machinery
+
+GPU_ASSETS = {"checkpoint_loss", "quantized_model", "token_losses", "hessian_spectrum"}
+
+
+def _real_defs(monkeypatch, tmp_path: Path, executor: str | None = None):
+    """The code location's definitions with the micro family registered (nothing trained: the
+    definitions read only the registry)."""
+    from genbound_assets.definitions import build_defs
+    from genbound_assets_tests.micro import micro_env
+
+    micro_env(monkeypatch, tmp_path / "suite", tmp_path)
+    if executor is None:
+        monkeypatch.delenv(deploy.EXECUTOR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(deploy.EXECUTOR_ENV, executor)
+    return build_defs()
+
+
+def test_real_gpu_assets_declare_the_pool_and_the_gpu_pod(monkeypatch, tmp_path):
+    from genbound_assets_tests.micro import FAMILY
+
+    defs = _real_defs(monkeypatch, tmp_path)
+    repo = defs.get_repository_def()
+    family = {k.path[-1]: a for k, a in repo.assets_defs_by_key.items()
+              if k.path[0] == FAMILY and a.is_executable}
+    assert GPU_ASSETS < set(family), sorted(family)
+    for name, a in family.items():
+        tags = dict(a.op.tags)
+        if name in GPU_ASSETS:
+            assert a.op.pool == deploy.GPU_POOL, name
+            assert tags[deploy.RESOURCE_TAG] == "gpu", name
+            assert json.loads(tags[deploy.K8S_CONFIG_TAG]) == deploy.gpu_k8s_config(), name
+        else:  # inventory, certificates from stored numbers, fits: CPU steps, no slot, no GPU
+            assert a.op.pool is None and deploy.RESOURCE_TAG not in tags, name
+    # the family's checkpoint job mixes CPU and GPU steps: the pool limits its GPU steps; it
+    # carries no run-level GPU tag (that would also serialize every inventory-only run)
+    job = defs.resolve_job_def(f"{FAMILY}_checkpoints")
+    assert deploy.RESOURCE_TAG not in (job.tags or {})
+
+    # the pod the k8s executor would start for the real quantization step has the GPU
+    run_config = load("run-config-pythia.yaml")
+    qtags = dict(family["quantized_model"].op.tags)
+    container = _container(step_pod(run_config, qtags, tmp_path))
+    assert container.resources.limits[deploy.GPU_RESOURCE] == "1"
+    ctags = dict(family["checkpoint"].op.tags)
+    assert deploy.GPU_RESOURCE not in (_container(step_pod(run_config, ctags, tmp_path)).resources.limits or {})
+
+
+def test_real_definitions_take_the_executor_from_the_environment(monkeypatch, tmp_path):
+    from genbound_assets_tests.micro import FAMILY
+
+    default = _real_defs(monkeypatch, tmp_path)
+    assert default.executor is None
+    jobs = default.get_repository_def().get_all_jobs()
+    assert jobs and {j.executor_def.name for j in jobs} == {"multi_or_in_process_executor"}
+
+    k8s = _real_defs(monkeypatch, tmp_path, "k8s")
+    jobs = k8s.get_repository_def().get_all_jobs()
+    assert {j.name for j in jobs} >= {"__ASSET_JOB", f"{FAMILY}_checkpoints"}
+    assert all(j.executor_def is k8s_job_executor for j in jobs)
+    # the Pythia run config is valid for the real checkpoint job under that executor
+    job = k8s.resolve_job_def(f"{FAMILY}_checkpoints")
+    assert dg.validate_run_config(job, load("run-config-pythia.yaml"))
+
+    # a wrong value stops the code location from loading, with the one-line reason (Dagster wraps
+    # it in the error that names the defs module, defs/executor.py)
+    with pytest.raises(Exception) as err:
+        _real_defs(monkeypatch, tmp_path, "celery")
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(x, ValueError) and str(x).startswith("GENBOUND_EXECUTOR='celery' is not an "
+               "executor: use 'k8s'") for x in chain), chain
+    assert "executor.py" in str(err.value)

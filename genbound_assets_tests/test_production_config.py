@@ -15,12 +15,24 @@ Over GraphQL the test finds the code location, launches a run that materializes 
 events from Dagster's tables in Postgres, and genbound's tables from the second database.
 
 ``launch_materialization`` takes asset keys and an optional partition (a single key or a
-``{dimension: key}`` mapping for a multi-partitioned asset), so materializing a micro-suite
-partition of another asset is one more call.
+``{dimension: key}`` mapping for a multi-partitioned asset).
+
+The second test runs the real asset graph the same way, with the micro suite
+(genbound_assets_tests/micro.py) registered as the only family: the daemon's ``new_checkpoints``
+sensor (evaluated in the code server) registers the suite's checkpoints and launches their runs;
+one checkpoint partition is materialized through GraphQL (quantization, token losses,
+certificates); a checkpoint written while the services run is picked up by the sensor, which
+launches a run for exactly that partition.  Runs, events, sensor ticks and the GPU pool's slot
+accounting are read from Dagster's tables, genbound's rows (checkpoints, quantized_models, bounds)
+from the store, and no two steps of the pool ``gpu`` ran at the same time.  It runs with
+``GENBOUND_EXECUTOR=in_process`` (genbound_assets/deploy.py): a step process costs a Python +
+torch import, 20-30 s each on this shared 2-core machine; the first test covers the default
+multiprocess executor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -165,6 +177,36 @@ def check_databases_closed_to_public(pg: ProdPostgres) -> None:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP ROLE {probe}")
         admin.dispose()
+
+
+def service_env(pg: ProdPostgres, home: Path, data: Path, grpc_port: int) -> dict[str, str]:
+    """The environment compose gives the Dagster services (docker/.env + docker-compose.yaml),
+    pointed at ``pg``; the rest of this process's environment (the family registry, profile and
+    GENBOUND_* settings a test sets) goes with it, as compose's ``environment:`` would carry it."""
+    env = dict(os.environ)
+    env.update({
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_HOST": pg.host,
+        "DAGSTER_POSTGRES_PORT": str(pg.port),
+        "DAGSTER_POSTGRES_USER": pg.user,
+        "DAGSTER_POSTGRES_PASSWORD": pg.password,
+        "DAGSTER_POSTGRES_DB": pg.dagster_db,
+        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+        "DAGSTER_CODE_SERVER_PORT": str(grpc_port),
+        "GENBOUND_DATABASE_URL": pg.url(pg.genbound_db),
+        "GENBOUND_DATA_DIR": str(data),
+        "PYTHONWARNINGS": "ignore",
+    })
+    return env
+
+
+def dagster_home(work: Path) -> tuple[Path, Path, Path]:
+    """(DAGSTER_HOME holding docker/dagster.yaml unchanged, data dir, log dir) under ``work``."""
+    home, data, logs = work / "dagster_home", work / "data", work / "logs"
+    for d in (home, data, logs):
+        d.mkdir()
+    shutil.copyfile(DOCKER / "dagster.yaml", home / "dagster.yaml")  # the same file, unchanged
+    return home, data, logs
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +378,102 @@ def launch_materialization(gql: GraphQL, location: str, asset_paths: Sequence[Se
     return result["run"]["runId"]
 
 
+SENSORS = """query($r: RepositorySelector!) { sensorsOrError(repositorySelector: $r) { __typename
+  ... on Sensors { results { name sensorState { id status } } } } }"""
+
+SCHEDULES = """query($r: RepositorySelector!) { schedulesOrError(repositorySelector: $r) { __typename
+  ... on Schedules { results { name scheduleState { id status } } } } }"""
+
+STOP_SENSOR = """mutation($id: String) { stopSensor(id: $id) { __typename
+  ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }"""
+
+STOP_SCHEDULE = """mutation($id: String) { stopRunningSchedule(id: $id) { __typename
+  ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message } } }"""
+
+RUNS = """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { __typename
+  ... on Runs { results { runId status jobName tags { key value } } } } }"""
+
+
+def repository_selector(gql: GraphQL, location: str) -> dict[str, str]:
+    nodes = gql(REPOSITORIES)["repositoriesOrError"]["nodes"]
+    (repo,) = [r for r in nodes if r["location"]["name"] == location]
+    return {"repositoryLocationName": location, "repositoryName": repo["name"]}
+
+
+def instigator_states(gql: GraphQL, location: str) -> dict[str, dict]:
+    """{sensor or schedule name: its state {id, status}} as the UI's automation page shows them."""
+    sel = repository_selector(gql, location)
+    sensors = gql(SENSORS, {"r": sel})["sensorsOrError"]["results"]
+    schedules = gql(SCHEDULES, {"r": sel})["schedulesOrError"]["results"]
+    return {**{x["name"]: x["sensorState"] for x in sensors},
+            **{x["name"]: x["scheduleState"] for x in schedules}}
+
+
+def stop_instigator(gql: GraphQL, location: str, name: str) -> None:
+    """Turn a sensor or schedule off, as the UI's toggle does (stored in the instance's Postgres)."""
+    state = instigator_states(gql, location)[name]
+    sensor = name in {x["name"] for x in gql(SENSORS, {"r": repository_selector(gql, location)})
+                      ["sensorsOrError"]["results"]}
+    if sensor:
+        out = gql(STOP_SENSOR, {"id": state["id"]})["stopSensor"]
+        assert out["__typename"] == "StopSensorMutationResult", out
+        assert out["instigationState"]["status"] == "STOPPED", out
+    else:
+        out = gql(STOP_SCHEDULE, {"id": state["id"]})["stopRunningSchedule"]
+        assert out["__typename"] == "ScheduleStateResult", out
+        assert out["scheduleState"]["status"] == "STOPPED", out
+
+
+def runs_tagged(gql: GraphQL, tags: Mapping[str, str]) -> list[dict]:
+    """Runs carrying every tag of ``tags``, newest first, with their tags as a dict."""
+    runs = gql(RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})["runsOrError"]["results"]
+    return [dict(r, tags={t["key"]: t["value"] for t in r["tags"]}) for r in runs]
+
+
+def wait_for_runs(gql: GraphQL, tags: Mapping[str, str], services: Sequence[Service], n: int,
+                  timeout: float, settle: float = 0.0) -> list[dict]:
+    """Wait until at least ``n`` runs tagged ``tags`` exist and all of them have finished (and,
+    with ``settle``, no further one appeared for that many seconds)."""
+    runs, deadline, quiet_since = [], time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        dead = [s for s in services if s.proc.poll() is not None]
+        assert not dead, "exited early:\n" + "\n".join(s.tail() for s in dead)
+        now = runs_tagged(gql, tags)
+        done = len(now) >= n and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in now)
+        if done and [r["runId"] for r in now] == [r["runId"] for r in runs]:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle:
+                return now
+        else:
+            quiet_since = None
+        runs = now
+        time.sleep(1.0)
+    raise AssertionError(f"runs tagged {dict(tags)}: wanted {n} finished, have "
+                         f"{[(r['status'], r['tags'].get('dagster/asset_partition_range_start')) for r in runs]}"
+                         "\n" + "\n".join(s.tail() for s in services))
+
+
+LOGS = """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events {
+  __typename ... on MessageEvent { message stepKey }
+  ... on ExecutionStepFailureEvent { error { message stack cause { message stack cause { message stack } } } }
+  ... on RunFailureEvent { pipelineName } } } } }"""
+
+
+def run_failures(gql: GraphQL, run_id: str) -> str:
+    """The failure messages of a run (step failures with their error), for an assertion message."""
+    events = gql(LOGS, {"id": run_id})["logsForRun"].get("events", [])
+    out = []
+    for e in events:
+        if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent", "EngineEvent") and (
+                e["__typename"] != "EngineEvent" or "rror" in (e.get("message") or "")):
+            out.append(f"{e['__typename']} {e.get('stepKey')}: {e.get('message')}")
+            err = e.get("error")
+            while err:  # the step's error, then what caused it (the asset's own exception)
+                out.append(f"{err['message']}{''.join((err.get('stack') or [])[-4:])}")
+                err = err.get("cause")
+    return f"run {run_id} failed:\n" + "\n".join(out)
+
+
 def wait_for_run(gql: GraphQL, run_id: str, services: Sequence[Service], timeout: float) -> str:
     status, deadline = None, time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -356,7 +494,8 @@ def work() -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("KEEP_PROD_TEST_DIR"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def test_partition_tags_are_dagsters_own():
@@ -381,25 +520,9 @@ def test_production_config_materializes_through_daemon_and_code_server(prod_pg, 
     run_initdb_scripts(prod_pg)  # idempotent: a second run leaves the database alone
     check_databases_closed_to_public(prod_pg)
 
-    home, data, logs = work / "dagster_home", work / "data", work / "logs"
-    for d in (home, data, logs):
-        d.mkdir()
-    shutil.copyfile(DOCKER / "dagster.yaml", home / "dagster.yaml")  # the same file, unchanged
+    home, data, logs = dagster_home(work)
     grpc_port, ui_port = _free_port(), _free_port()
-    env = dict(os.environ)
-    env.update({
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_HOST": prod_pg.host,
-        "DAGSTER_POSTGRES_PORT": str(prod_pg.port),
-        "DAGSTER_POSTGRES_USER": prod_pg.user,
-        "DAGSTER_POSTGRES_PASSWORD": prod_pg.password,
-        "DAGSTER_POSTGRES_DB": prod_pg.dagster_db,
-        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
-        "DAGSTER_CODE_SERVER_PORT": str(grpc_port),
-        "GENBOUND_DATABASE_URL": prod_pg.url(prod_pg.genbound_db),
-        "GENBOUND_DATA_DIR": str(data),
-        "PYTHONWARNINGS": "ignore",
-    })
+    env = service_env(prod_pg, home, data, grpc_port)
     workspace = str(DOCKER / "workspace.yaml")
     services: list[Service] = []
     stray: list[str] = []
@@ -473,3 +596,176 @@ def test_production_config_materializes_through_daemon_and_code_server(prod_pg, 
         assert f"CREATE TABLE public.{table} " in out.stdout, f"{db}: no {table} in the dump"
     print(json.dumps({"services_up_s": round(t_up, 1), "run_done_s": round(t_run, 1),
                       "total_s": round(time.monotonic() - t0, 1)}))
+
+
+# --------------------------------------------------------------------------------------------
+# The real graph on the micro suite
+
+GPU_ASSETS = ("checkpoint_loss", "quantized_model", "token_losses", "hessian_spectrum")
+
+
+def gpu_step_intervals(conn, run_ids: Sequence[str]) -> list[tuple[float, float, str]]:
+    """(start, end, run:step) of every step of a pool-``gpu`` asset in ``run_ids``, from the
+    STEP_START and STEP_SUCCESS/STEP_FAILURE events Dagster stored."""
+    rows = conn.execute(sa.text(
+        "select run_id, step_key, dagster_event_type, timestamp from event_logs "
+        "where run_id = any(:r) and dagster_event_type in ('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE')"),
+        {"r": list(run_ids)}).all()
+    spans: dict[tuple[str, str], dict[str, float]] = {}
+    for run_id, step, kind, ts in rows:
+        if step and step.split("__")[-1] in GPU_ASSETS:
+            spans.setdefault((run_id, step), {})["start" if kind == "STEP_START" else "end"] = ts.timestamp()
+    out = [(v["start"], v["end"], f"{r[:8]}:{s}") for (r, s), v in spans.items()]
+    assert all(len(v) == 2 for v in spans.values()), spans
+    return sorted(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_production_config_runs_the_graph_on_the_micro_suite(prod_pg, work, micro_suite_root, monkeypatch):
+    from genbound_assets import storage
+    from genbound_assets.families.sources import LocalCheckpointSource
+    from genbound_assets.families.suite import load_data_order
+    from genbound_assets_tests.micro import FAMILY, copy_suite, micro_env
+    from genbound_assets_tests.test_automation import _new_checkpoint
+
+    t0 = time.monotonic()
+    pg = dataclasses.replace(prod_pg, dagster_db="dagster_graph", genbound_db="genbound_graph")
+    admin = sa.create_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{pg.dagster_db}"')  # what the image does for POSTGRES_DB
+    admin.dispose()
+    run_initdb_scripts(pg)
+
+    # the micro suite as the only family; every process gets this environment (compose's env_file)
+    root = copy_suite(micro_suite_root, work / "suite")
+    micro_env(monkeypatch, root, work, selection="none", sensor_interval_s=5, executor="in_process")
+    source = LocalCheckpointSource(root)
+    steps = {m: sorted(r.step for r in source.list_checkpoints(m)) for m in source.list_models()}
+    assert sorted(steps) == ["m-a", "m-b"]
+    d_star = load_data_order(root)["models"]["m-a"]["d_star_step"]
+
+    home, data, logs = dagster_home(work)
+    grpc_port, ui_port = _free_port(), _free_port()
+    env = service_env(pg, home, data, grpc_port)
+    workspace = str(DOCKER / "workspace.yaml")
+    services: list[Service] = []
+    stray: list[str] = []
+    marks: dict[str, float] = {}
+    sensor = {"dagster/sensor_name": "new_checkpoints", "genbound/family": FAMILY}
+    try:
+        services.append(_start("codeserver", [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1",
+                                              "-p", str(grpc_port), "-m", "genbound_assets.definitions"], env, logs))
+        wait_for_code_server(grpc_port, services, timeout=120)
+        services.append(_start("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1",
+                                             "-p", str(ui_port), "-w", workspace], env, logs))
+        gql = GraphQL(ui_port)
+        wait_for_location(gql, services, "genbound", timeout=150)
+        marks["location_loaded_s"] = time.monotonic() - t0
+        states = instigator_states(gql, "genbound")
+        # every automation is on by default (docs/dagster.md, "Automation")
+        for name in ("new_checkpoints", "genbound_automation", f"{FAMILY}_checkpoint_backfill"):
+            assert states[name]["status"] == "RUNNING", states
+        # An operator turns the model-level automation and the hourly catch-up off in the UI before
+        # the daemon starts: this test is about the checkpoint sensor (test_automation.py covers
+        # the other two in process); each extra run costs ~20 s of step processes on 2 cores.
+        stop_instigator(gql, "genbound", "genbound_automation")
+        stop_instigator(gql, "genbound", f"{FAMILY}_checkpoint_backfill")
+        services.append(_start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env, logs))
+        marks["services_up_s"] = time.monotonic() - t0
+
+        # 1. the daemon's sensor finds the suite and launches one run per model (selection none:
+        #    inventory and loss curve of every checkpoint, one consecutive range per model)
+        first = wait_for_runs(gql, sensor, services, n=len(steps), timeout=240, settle=6)
+        marks["sensor_runs_done_s"] = time.monotonic() - t0
+        assert [r["status"] for r in first] == ["SUCCESS"] * len(first), \
+            "\n".join(run_failures(gql, r["runId"]) for r in first if r["status"] != "SUCCESS")
+        got = sorted((r["tags"]["genbound/model"], r["tags"]["dagster/asset_partition_range_start"],
+                      r["tags"]["dagster/asset_partition_range_end"], r["tags"]["genbound/assets"],
+                      r["jobName"]) for r in first)
+        assert got == sorted((m, f"{m}|{ss[0]}", f"{m}|{ss[-1]}", "checkpoint,checkpoint_loss",
+                              f"{FAMILY}_checkpoints") for m, ss in steps.items()), got
+
+        # 2. one checkpoint partition through GraphQL: quantization, token losses, certificates
+        manual = launch_materialization(
+            gql, "genbound", [[FAMILY, "quantized_model"], [FAMILY, "token_losses"], [FAMILY, "checkpoint_bounds"]],
+            partition={"model": "m-a", "step": str(d_star)}, tags={"genbound/test": "production-graph"})
+        status = wait_for_run(gql, manual, services, timeout=240)
+        assert status == "SUCCESS", run_failures(gql, manual)
+        marks["manual_run_done_s"] = time.monotonic() - t0
+
+        # 3. a checkpoint written while the services run: the sensor launches exactly its run
+        new_step = steps["m-a"][-1] + 40
+        _new_checkpoint(root, "m-a", new_step, steps["m-a"][-1], total=new_step)
+        after = wait_for_runs(gql, sensor, services, n=len(first) + 1, timeout=150, settle=6)
+        new = [r for r in after if r["runId"] not in {x["runId"] for x in first}]
+        assert len(new) == 1, [r["tags"] for r in new]
+        (run,) = new
+        assert run["status"] == "SUCCESS", run_failures(gql, run["runId"])
+        assert run["tags"]["genbound/family"] == FAMILY and run["tags"]["genbound/model"] == "m-a"
+        assert run["tags"]["dagster/asset_partition_range_start"] == f"m-a|{new_step}"
+        assert run["tags"]["dagster/asset_partition_range_end"] == f"m-a|{new_step}"
+        marks["new_checkpoint_run_done_s"] = time.monotonic() - t0
+        daemons = {d["daemonType"]: d for d in gql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]}
+        assert daemons["SENSOR"]["healthy"] and daemons["QUEUED_RUN_COORDINATOR"]["healthy"], daemons
+        final_states = instigator_states(gql, "genbound")
+    finally:
+        stray = _stop(services)
+        print(json.dumps({k: round(v, 1) for k, v in marks.items()}))
+    assert not stray, f"needed SIGKILL after SIGTERM: {stray}\n" + "\n".join(s.tail() for s in services)
+    assert final_states["new_checkpoints"]["status"] == "RUNNING"
+    assert final_states["genbound_automation"]["status"] == "STOPPED"
+
+    sensor_runs = [r["runId"] for r in after]
+    dagster_db = sa.create_engine(pg.url(pg.dagster_db))
+    with dagster_db.connect() as conn:
+        runs = dict(conn.execute(sa.text("select run_id, status from runs")).all())
+        # every run the test saw, and no other: no automation, no schedule, no stray request
+        assert set(runs) == set(sensor_runs) | {manual}, runs
+        assert set(runs.values()) == {"SUCCESS"}, runs
+        mats = conn.execute(sa.text(
+            "select run_id, asset_key, partition from event_logs "
+            "where dagster_event_type = 'ASSET_MATERIALIZATION'")).all()
+        ticks = [json.loads(b) for (b,) in conn.execute(sa.text("select tick_body from job_ticks"))]
+        registered = {r[0] for r in conn.execute(sa.text(
+            "select partition from dynamic_partitions where partitions_def_name = :d"), {"d": f"{FAMILY}__step"})}
+        gpu_slots = conn.execute(sa.text(
+            "select count(*) from concurrency_slots where concurrency_key = 'gpu' and not deleted")).scalar()
+        spans = gpu_step_intervals(conn, list(runs))
+    dagster_db.dispose()
+
+    def done(run_id):
+        return {(json.loads(k)[-1], p) for r, k, p in mats if r == run_id}
+
+    assert done(manual) == {(a, f"m-a|{d_star}") for a in ("quantized_model", "token_losses", "checkpoint_bounds")}
+    assert done(run["runId"]) == {("checkpoint", f"m-a|{new_step}"), ("checkpoint_loss", f"m-a|{new_step}")}
+    for r in first:
+        m = r["tags"]["genbound/model"]
+        assert done(r["runId"]) == {(a, f"{m}|{s}") for a in ("checkpoint", "checkpoint_loss") for s in steps[m]}
+    assert registered == {str(s) for ss in steps.values() for s in ss} | {str(new_step)}
+    # the sensor's ticks: evaluated by the daemon in the code server, runs requested on two ticks
+    # (TickData is stored under its storage names: job_name = the instigator's name)
+    sensor_ticks = [t for t in ticks if t["job_name"] == "new_checkpoints"]
+    requested = [t for t in sensor_ticks if t.get("run_ids")]
+    assert len(requested) == 2 and {x for t in requested for x in t["run_ids"]} == set(sensor_runs), requested
+    # the pool from docker/dagster.yaml (default_limit 1) held every GPU-heavy step: one at a time
+    assert gpu_slots == 1
+    assert len(spans) == len(first) + 2 + 1, spans  # checkpoint_loss per sensor run; quantize, losses
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        assert start >= end, f"GPU steps overlap: {a} and {b}"
+
+    engine = sa.create_engine(pg.url(pg.genbound_db))
+    ckpts = storage.read_frame(engine, "select model, step, status from checkpoints")
+    quant = storage.read_frame(engine, "select model, step, quantizer, status from quantized_models")
+    bounds = storage.read_frame(engine, "select model, step, method, certified, bound from bounds")
+    engine.dispose()
+    want = {(m, s) for m, ss in steps.items() for s in ss} | {("m-a", new_step)}
+    assert {(m, s) for m, s, _ in ckpts.iter_rows()} == want
+    assert set(ckpts["status"]) == {"ok"}
+    assert {(m, s) for m, s, _, _ in quant.iter_rows()} == {("m-a", d_star)}
+    assert set(quant["quantizer"]) == {"rtn", "gptq"} and set(quant["status"]) == {"ok"}, quant
+    heads = bounds.filter((bounds["method"] == "headline") & bounds["certified"])
+    assert {(m, s) for m, s in zip(heads["model"], heads["step"], strict=True)} == {("m-a", d_star)}
+    assert all(0 < b < 50 for b in heads["bound"])
+    marks["total_s"] = time.monotonic() - t0
+    print(json.dumps({k: round(v, 1) for k, v in marks.items()}))

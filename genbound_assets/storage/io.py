@@ -73,7 +73,8 @@ def validate_frame(
     df = frame
     for k, v in key.items():
         if k in df.columns:
-            outside = df.filter(~pl.col(k).eq_missing(pl.lit(v))).height
+            # a zero-row frame has no row outside (and its columns may be untyped, records._empty)
+            outside = df.filter(~pl.col(k).eq_missing(pl.lit(v))).height if df.height else 0
             if outside:
                 raise ValueError(
                     f"{outside} row(s) of the frame for {t.name!r} have {k} != {v!r}, "

@@ -20,6 +20,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from genbound_assets import deploy
 from genbound_assets.defs.checkpoints.assets import BATCHED, _refs, _statuses
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
@@ -105,6 +106,7 @@ def build(parts: FamilyParts) -> list:
     @dg.asset(
         key=qkey, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[parts.key("checkpoint")], kinds={"pytorch", "postgres"},
+        pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
         metadata={"genbound/writes": ["quantized_models"]},
         check_specs=[dg.AssetCheckSpec("honest_code_length", asset=qkey, blocking=True, description=
                      "every usable configuration records its stored bits, and its bits/param are "
@@ -155,6 +157,7 @@ def build(parts: FamilyParts) -> list:
     @dg.asset(
         key=lkey, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[qkey], kinds={"pytorch", "postgres"},
+        pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
         metadata={"genbound/writes": ["token_loss_sets", "token_loss_arrays", "token_losses", "token_samples"]},
         check_specs=[dg.AssetCheckSpec("complete_and_finite", asset=lkey, blocking=True, description=
                      "every design target evaluated (count = the design's) and every value finite")],

@@ -9,6 +9,7 @@ No ``from __future__ import annotations``: Dagster reads the annotations at defi
 
 import dagster as dg
 
+from genbound_assets import deploy
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.families.runtime import partitions_by_model
@@ -78,6 +79,7 @@ def build(parts: FamilyParts) -> list:
     @dg.asset(
         key=loss_key, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[ckpt_key], kinds={"pytorch", "postgres"},
+        pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
         metadata={"genbound/writes": ["checkpoint_losses"]},
         description="Loss-curve point of each checkpoint: mean loss on the next update's windows "
         "(not yet trained on: the eq. 5 input) and on a fixed held sample of windows.")

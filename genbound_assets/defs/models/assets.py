@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 import torch
 
+from genbound_assets import deploy
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.sql.figures import MODEL_FIGURES, figure_metadata
@@ -120,6 +121,7 @@ def build(parts: FamilyParts) -> list:
     @dg.asset(key=parts.key("hessian_spectrum"), partitions_def=parts.model, group_name=fam,
               deps=[parts.key("compute_optimal")], automation_condition=AUTO,
               kinds={"pytorch", "postgres"}, metadata={"genbound/writes": ["hessian_spectra"]},
+              pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
               description="SLQ spectral density and Tr(H^1/2) of the training-NLL Hessian at the "
               "compute-optimal checkpoint (App. B), with the bits that suffice for the measured "
               "quantization gap (an estimate).")
