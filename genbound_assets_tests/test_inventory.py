@@ -38,6 +38,8 @@ def test_scan_finds_new_checkpoints_and_half_written_folders(micro_suite_root, t
     reasons = {folder.split("/")[-1]: why for _, folder, why in res.incomplete}
     assert "checkpoint.json" in reasons["step999"]
     assert "in progress" in reasons[".tmp-step1000-abc"]
-    # the per-call budget
+    # the per-call budgets: a count, and a time after which no new check starts (one at least)
     res = scan_source(src, set(), limit=3)
     assert len(res.found) == 3 and res.more
+    res = scan_source(src, set(), time_budget_s=0.0)
+    assert len(res.found) == 1 and res.more

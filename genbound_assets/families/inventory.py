@@ -45,10 +45,16 @@ class ScanResult:
 
 def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
                 fingerprints: Mapping[tuple[str, int], str] | None = None,
-                limit: int = 1_000, models: Iterable[str] | None = None) -> ScanResult:
+                limit: int = 1_000, models: Iterable[str] | None = None,
+                time_budget_s: float | None = None) -> ScanResult:
     """New complete checkpoints of ``source`` (not in ``known``), each integrity-checked
     (duplicates against ``fingerprints`` of earlier checkpoints and of this scan), at most
-    ``limit`` per call (oldest steps first); and the folders that are not checkpoints yet."""
+    ``limit`` per call and, with ``time_budget_s``, no new check started once that many seconds
+    have passed (hashing a 12B checkpoint takes tens of seconds; a sensor tick that times out
+    saves no cursor); oldest steps first.  Also the folders that are not checkpoints yet."""
+    import time
+
+    t0 = time.monotonic()
     res = ScanResult()
     prints: dict[tuple[str, int], str] = dict(fingerprints or {})
     for model in (list(models) if models is not None else source.list_models()):
@@ -61,7 +67,8 @@ def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
         for ref in refs:
             if (ref.model, ref.step) in known:
                 continue
-            if len(res.found) >= limit:
+            over_time = time_budget_s is not None and time.monotonic() - t0 > time_budget_s
+            if len(res.found) >= limit or (over_time and res.found):
                 res.more = True
                 return res
             rep = check_checkpoint(ref, source, prints)

@@ -6,7 +6,7 @@
   half-written folders (log line); requests batched runs for exactly the new intact checkpoints
   (and checkpoints the ``selection`` setting newly picks).  Cursor: the checkpoints handled, per
   family; idempotent across restarts (it also skips what is already materialized); at most
-  ``MAX_PER_TICK`` integrity checks per tick.
+  ``MAX_PER_TICK`` integrity checks and ``TICK_BUDGET_S`` seconds of checking per tick.
 * schedule ``<family>_checkpoint_backfill`` (hourly, one per family: a schedule runs one job, and each family's checkpoint-level assets are one job with its own partitions): every real checkpoint partition with no successful
   materialization (missed ticks, failures since fixed), batched the same way.
 * ``genbound_automation``: the declarative-automation sensor that keeps the model-level assets
@@ -35,6 +35,9 @@ LOG = logging.getLogger("genbound.sensor")
 
 MAX_PER_TICK = int(os.environ.get("GENBOUND_SENSOR_MAX_PER_TICK", "200") or 200)
 INTERVAL_S = int(os.environ.get("GENBOUND_SENSOR_INTERVAL_S", "60") or 60)
+# integrity checks hash the weights (tens of seconds for a 12B checkpoint); a tick that outlives
+# Dagster's sensor timeout (60 s) saves no cursor, so no new check starts after this many seconds
+TICK_BUDGET_S = float(os.environ.get("GENBOUND_SENSOR_TICK_BUDGET_S", "30") or 30)
 
 
 def _status(default: str) -> dg.DefaultSensorStatus:
@@ -76,7 +79,8 @@ def _new_checkpoints(jobs):
                 context.log.warning(f"family {parts.name}: cannot be opened: {e}")
                 continue
             seen = set(cursor.get(parts.name, []))
-            plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK)
+            plan = plan_tick(context.instance, parts, family, engine, settings, seen, MAX_PER_TICK,
+                             time_budget_s=TICK_BUDGET_S)
             for line in plan.log:
                 context.log.info(line)
                 LOG.info(line)   # also in the daemon's own log (and visible to tests)
@@ -89,8 +93,8 @@ def _new_checkpoints(jobs):
             events += plan.events
             cursor[parts.name] = sorted(seen | set(plan.handled))
             if plan.more:
-                context.log.info(f"family {parts.name}: more new checkpoints than {MAX_PER_TICK} "
-                                 "per tick; the next tick continues")
+                context.log.info(f"family {parts.name}: more new checkpoints than one tick checks "
+                                 f"({MAX_PER_TICK} or {TICK_BUDGET_S:g} s); the next tick continues")
         return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=dyn,
                                asset_events=events, cursor=json.dumps(cursor),
                                skip_reason=None if requests or dyn else

@@ -107,7 +107,7 @@ def needs_for(instance: dg.DagsterInstance, parts: FamilyParts, steps: dict[str,
 
 def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, engine,
               settings: CertifySettings, seen: set[str], limit: int = 200,
-              key_prefix: str | None = "new") -> TickPlan:
+              key_prefix: str | None = "new", time_budget_s: float | None = None) -> TickPlan:
     """One scan of ``family``: register its new checkpoints, record quarantines, request runs for
     the new intact ones (and for checkpoints the selection newly picks)."""
     plan = TickPlan(parts.name)
@@ -115,7 +115,8 @@ def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, 
     steps_now = instance.get_dynamic_partitions(parts.step.name)
     known = {tuple(k.split("|")) for k in seen}
     known = {(m, int(s)) for m, s in known}
-    scan = scan_source(family.source, known, _fingerprints(engine, family.source.list_models()), limit)
+    scan = scan_source(family.source, known, _fingerprints(engine, family.source.list_models()), limit,
+                       time_budget_s=time_budget_s)
     plan.more = scan.more
     for _model, folder, reason in scan.incomplete:
         plan.log.append(f"{parts.name}: skipped {folder}: {reason}")
