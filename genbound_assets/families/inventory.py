@@ -32,6 +32,7 @@ class Found:
 class ScanResult:
     found: list[Found] = field(default_factory=list)               # new, complete, checked
     incomplete: list[tuple[str, str, str]] = field(default_factory=list)  # (model, folder, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)   # (model, why it cannot be listed)
     more: bool = False                                             # the per-tick budget ran out
 
     @property
@@ -48,7 +49,10 @@ def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
                 limit: int = 1_000, models: Iterable[str] | None = None) -> ScanResult:
     """New complete checkpoints of ``source`` (not in ``known``), each integrity-checked
     (duplicates against ``fingerprints`` of earlier checkpoints and of this scan), at most
-    ``limit`` per call (oldest steps first); and the folders that are not checkpoints yet."""
+    ``limit`` per call (oldest steps first); the folders that are not checkpoints yet; and the
+    models whose checkpoints cannot be listed at all (``refused``: the source's one-line reason,
+    e.g. a run whose token counts contradict each other), so that the caller can say why instead
+    of skipping the model silently."""
     res = ScanResult()
     prints: dict[tuple[str, int], str] = dict(fingerprints or {})
     for model in (list(models) if models is not None else source.list_models()):
@@ -56,8 +60,9 @@ def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
             res.incomplete.append((model, folder, reason))
         try:
             refs = source.list_checkpoints(model)
-        except ValueError:
-            continue   # no complete checkpoint yet
+        except ValueError as e:
+            res.refused.append((model, " ".join(str(e).split())))
+            continue
         for ref in refs:
             if (ref.model, ref.step) in known:
                 continue

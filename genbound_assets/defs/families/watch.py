@@ -119,6 +119,9 @@ def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, 
     plan.more = scan.more
     for _model, folder, reason in scan.incomplete:
         plan.log.append(f"{parts.name}: skipped {folder}: {reason}")
+    for model, reason in scan.refused:
+        plan.log.append(f"{parts.name}: refused model {model}: {reason} (none of its checkpoints "
+                        "is registered or requested until this is fixed)")
     new: dict[str, list[int]] = {}
     for f in scan.found:
         model, step = f.ref.model, f.ref.step
