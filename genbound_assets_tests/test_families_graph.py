@@ -567,14 +567,14 @@ def _doc_value(v) -> str:
 
 
 def test_pythia_profile_documented_as_in_code():
-    """docs/pythia.md's profile table holds every CertifySettings field, with the pythia and demo
-    values of pipeline/settings.py PROFILES."""
+    """docs/pythia.md's profile table holds every CertifySettings field with its value in
+    pipeline/settings.py PROFILES["pythia"]."""
     import dataclasses
 
     from genbound_assets.pipeline.settings import PROFILES, CertifySettings
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "pythia.md").read_text()
-    marker = "<!-- profile-table: pythia, demo -->"
+    marker = "<!-- profile-table: pythia -->"
     assert marker in doc
     rows = {}
     for line in doc.split(marker, 1)[1].strip().splitlines():
@@ -582,9 +582,9 @@ def test_pythia_profile_documented_as_in_code():
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[0].startswith("`"):
-            rows[cells[0].strip("`")] = (cells[1], cells[2])
+            rows[cells[0].strip("`")] = cells[1]
     fields = [f.name for f in dataclasses.fields(CertifySettings)]
     assert sorted(rows) == sorted(fields)
     for name in fields:
-        want = (_doc_value(getattr(PROFILES["pythia"], name)), _doc_value(getattr(PROFILES["demo"], name)))
+        want = _doc_value(getattr(PROFILES["pythia"], name))
         assert rows[name] == want, (name, rows[name], want)
