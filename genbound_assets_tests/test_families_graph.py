@@ -313,6 +313,24 @@ def test_pythia_mirror_through_the_graph(tiny_pythia, pg_clean, tmp_path, monkey
         assert auto["pythia_tiny"] == {a: set(models) for a in MODEL_ASSETS}
         # nothing new: the next tick requests nothing
         assert tick(defs, instance, first.cursor).run_requests == []
+        # a new step the data does not reach yet: one line naming the .bin and the counts, no
+        # request, no partition, and the tick does not fail (other families carry on)
+        beyond = grid[-1] + 4
+        folder = mirror / "EleutherAI" / "pythia-t1" / f"step{beyond}"
+        tiny_neox(PYTHIA_SIZES["t1"], seed=99).save_pretrained(str(folder))
+        write_hub_record(folder)
+        caplog.clear()
+        try:
+            late = tick(defs, instance, first.cursor)
+        finally:
+            shutil.rmtree(folder)
+            folder.with_name(f"step{beyond}.hub.json").unlink()
+        assert late.run_requests == [] and str(beyond) not in instance.get_dynamic_partitions(
+            "pythia_tiny__step")
+        lines = [ln for ln in caplog.text.splitlines() if f"step {beyond} not registered" in ln]
+        assert len(lines) == 1 and "document.bin: checkpoint step" in lines[0], caplog.text
+        assert f"[0, {beyond * PYTHIA_B:,})" in lines[0] and f"holds {len(seqs):,}" in lines[0]
+        assert f"pythia-t1|{beyond}" not in json.loads(late.cursor)["pythia_tiny"]   # retried
 
     engine = pg_clean
     ck = read_frame(engine, "SELECT model, step, status, tokens_seen, n_train_tokens, fingerprint "

@@ -131,6 +131,12 @@ def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, 
             plan.log.append(f"{parts.name}: refused {f.ref.location}: {e}")
             plan.handled.append(f"{model}|{step}")
             continue
+        try:   # D of the checkpoint: the data must hold the windows it trained on
+            train_tokens(family.order, step)
+        except ValueError as e:   # not handled: retried on the next tick (e.g. data still copying)
+            plan.log.append(f"{parts.name}: {model} step {step} not registered: "
+                            f"{' '.join(str(e).split())}")
+            continue
         if model not in models_now and model not in plan.add_models:
             plan.add_models.append(model)
         sk = step_key(step)
