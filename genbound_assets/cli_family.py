@@ -97,6 +97,30 @@ def _model_names(spec) -> list[str]:
     return open_family(spec).source.list_models()
 
 
+def step_grid_warning(refs: dict) -> str | None:
+    """One line when the models of a family were not saved at the same steps, else None.
+
+    A family's partitions are the cross product model x step (docs/dagster.md, "Partitions"):
+    a step one model lacks is a cell no checkpoint fills.  Nothing fails (the sensor and the
+    schedule request only real checkpoints), but the UI shows those cells as missing forever."""
+    grids = {m: {r.step for r in rs} for m, rs in refs.items() if rs}
+    if len({frozenset(g) for g in grids.values()}) <= 1:
+        return None
+    common = set.intersection(*grids.values())
+    parts = []
+    for m, g in grids.items():
+        extra = sorted(g - common)
+        if not extra:
+            continue
+        lack = [o for o, og in grids.items() if o != m and not set(extra) <= og]
+        shown = ", ".join(map(str, extra[:6])) + (f" and {len(extra) - 6} more" if len(extra) > 6 else "")
+        parts.append(f"{m} has step{'s' if len(extra) > 1 else ''} {shown} that "
+                     f"{' and '.join(lack)} lack{'s' if len(lack) == 1 else ''}")
+    return ("models do not share one step grid: " + "; ".join(parts) + "; those model x step "
+            "cells hold no checkpoint (never requested, shown as missing in the UI; "
+            "docs/dagster.md); register each model as its own family to avoid them")
+
+
 @click.group("family")
 def family():
     """Checkpoint families genbound watches: the suite, Pythia, your own training runs."""
@@ -212,6 +236,9 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
                        f"{rs[-1].tokens_seen:,}")
     for n in notes:
         click.echo(f"  note: {n}")
+    warn = step_grid_warning(refs)
+    if warn:
+        click.echo(f"  warning: {warn}")
     click.echo("  the sensor new_checkpoints picks it up (docs/dagster.md)")
 
 

@@ -32,6 +32,7 @@ class Found:
 class ScanResult:
     found: list[Found] = field(default_factory=list)               # new, complete, checked
     incomplete: list[tuple[str, str, str]] = field(default_factory=list)  # (model, folder, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)   # (model, why it cannot be listed)
     more: bool = False                                             # the per-tick budget ran out
 
     @property
@@ -51,7 +52,10 @@ def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
     (duplicates against ``fingerprints`` of earlier checkpoints and of this scan), at most
     ``limit`` per call and, with ``time_budget_s``, no new check started once that many seconds
     have passed (hashing a 12B checkpoint takes tens of seconds; a sensor tick that times out
-    saves no cursor); oldest steps first.  Also the folders that are not checkpoints yet."""
+    saves no cursor); oldest steps first.  Also the folders that are not checkpoints yet, and the
+    models whose checkpoints cannot be listed at all (``refused``: the source's one-line reason,
+    e.g. a run whose token counts contradict each other), so that the caller can say why instead
+    of skipping the model silently."""
     import time
 
     t0 = time.monotonic()
@@ -62,8 +66,9 @@ def scan_source(source: CheckpointSource, known: set[tuple[str, int]],
             res.incomplete.append((model, folder, reason))
         try:
             refs = source.list_checkpoints(model)
-        except ValueError:
-            continue   # no complete checkpoint yet
+        except ValueError as e:
+            res.refused.append((model, " ".join(str(e).split())))
+            continue
         for ref in refs:
             if (ref.model, ref.step) in known:
                 continue

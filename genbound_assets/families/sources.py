@@ -44,6 +44,7 @@ __all__ = [
     "PYTHIA_STEPS",
     "PYTHIA_TOKENS_PER_STEP",
     "PYTHIA_CONTEXT_LENGTH",
+    "HUB_RECORD_SUFFIX",
     "hub_file_digests",
     "is_weight_file",
     "select_weight_files",
@@ -398,6 +399,7 @@ PYTHIA_MODELS: dict[str, dict[str, int]] = {
 PYTHIA_STEPS: tuple[int, ...] = (0, *(2 ** i for i in range(10)), *range(1000, 143001, 1000))
 PYTHIA_TOKENS_PER_STEP = 2_097_152   # 1024 sequences × 2048 tokens
 PYTHIA_CONTEXT_LENGTH = 2048
+HUB_RECORD_SUFFIX = ".hub.json"     # <mirror>/EleutherAI/pythia-<size>/step<N>.hub.json
 _WEIGHT_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
 _BIN_PATTERNS = ("config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
 
@@ -608,10 +610,35 @@ class PythiaHubSource(CheckpointSource):
             api = HfApi(endpoint=self.endpoint)
         return api.model_info(self.repo_id(model), revision=f"step{step}", files_metadata=True)
 
+    def hub_record_path(self, model: str, step: int) -> Path | None:
+        """``<local_root>/EleutherAI/pythia-<size>/step<N>.hub.json``: the hub's file metadata of
+        one revision saved next to its mirrored folder (docs/pythia.md, "What to download")."""
+        if self.local_root is None:
+            return None
+        return self.local_root / self.repo_id(model) / f"step{int(step)}{HUB_RECORD_SUFFIX}"
+
     def reference_digests(self, ref: CheckpointRef, metadata: Any = None) -> dict[str, FileDigest] | None:
+        """The hub's LFS sha256 and size of each file: from ``metadata`` when given, else from the
+        saved ``step<N>.hub.json`` record when there is one, else (not ``mirror_only``) from the
+        hub.  A mirror never calls the hub: without a record it raises, naming the file it
+        looked for (integrity then quarantines the checkpoint)."""
         if metadata is None:
+            rec = self.hub_record_path(ref.model, ref.step)
+            if rec is not None and rec.is_file():
+                try:
+                    return hub_file_digests(json.loads(rec.read_text()))
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"{rec}: unreadable hub record: {e}") from None
+            if self.mirror_only:
+                raise ValueError(f"no hub record {rec} (a mirror never calls the hub: save the "
+                                 "revision's LFS metadata there, docs/pythia.md section 3)")
             metadata = self.hub_metadata(ref.model, ref.step)
         return hub_file_digests(metadata)
+
+    def final_step(self, model: str) -> int | None:
+        """step143000 for Pythia's own sizes (the hub's ``main``); unknown for other sizes
+        stored in the mirror layout."""
+        return PYTHIA_STEPS[-1] if self._size(model) in PYTHIA_MODELS else None
 
     def load_model(self, model: str, step: int, dtype=torch.float32,
                    attn_implementation: str | None = "eager", device="cpu"):

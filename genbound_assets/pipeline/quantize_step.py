@@ -107,7 +107,8 @@ class ConfigOutcome:
         return {
             "model": model, "step": int(step), "quantizer": self.config.quantizer,
             "bits": self.config.bits, "group_size": self.config.group_size,
-            "quantize_embeddings": settings.quantize_embeddings,
+            "quantize_embeddings": (settings.quantize_embeddings if q is None
+                                    else bool(q.quantize_embeddings)),   # as applied
             "calibration_sample": f"calibration-windows:seed={settings.calibration_seed}:n={n_calibration}",
             "n_params": None if q is None else int(q.n_params),
             "nominal_bits": None if q is None else int(q.nominal_bits),
@@ -171,6 +172,12 @@ def packing_problems(model: torch.nn.Module, cfg: QuantConfig) -> list[str]:
     return gptq_compatible(model.config, gs, cfg.bits)
 
 
+def tied_embeddings(model: torch.nn.Module) -> bool:
+    """True when one matrix serves as input and output embedding (GPT-2, tied Llama)."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out is not None and getattr(out, "weight", None) is inp.weight
+
+
 def _calibration_inputs(order: WindowOrder, windows: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(order.batch(windows).inputs)
 
@@ -188,6 +195,13 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
     delta_m = statement_delta(s, design_kind)
     grid_nats = choice_cost_nats(len(s.quant_grid))
     calib_ids = _calibration_inputs(order, calibration)
+    # quantize_embeddings covers untied embed_in / embed_out (measure/quantize.py); a tied matrix
+    # stays at 16 bits and is stored once in the code length.  Decided by the architecture alone
+    # (no data), so it costs nothing; the quantized_models row records what was applied.
+    quant_emb = s.quantize_embeddings and not tied_embeddings(model)
+    if s.quantize_embeddings and not quant_emb:
+        log("  tied input/output embedding: kept at 16 bits (quantize_embeddings applies to "
+            "untied embeddings)")
     float_cal = float(window_losses(model, order, calibration, batch_size=s.batch_size).loss.mean())
     outcomes: list[ConfigOutcome] = []
     reference = None
@@ -202,7 +216,7 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
             continue
         try:
             q = quantize_model(model, cfg.quantizer, cfg.bits, cfg.group_size, calib_ids,
-                               quantize_embeddings=s.quantize_embeddings, seed=s.calibration_seed,
+                               quantize_embeddings=quant_emb, seed=s.calibration_seed,
                                work_dir=None if work_dirs is None else work_dirs[cfg])
         except (QuantizationFailed, ValueError, RuntimeError, IndexError) as e:
             # IndexError: GPTQModel 7.6's packer on shapes it cannot pack (3-bit, d % 32 != 0)

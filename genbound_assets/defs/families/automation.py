@@ -155,8 +155,11 @@ def backfill_requests(instance: dg.DagsterInstance, engine, genbound: GenboundRe
         status = real_checkpoints(engine, models)
         steps, bounded = {}, {}
         for model in models:
-            listed = {r.step for r in family.source.list_checkpoints(model)} if model in \
-                family.source.list_models() else set()
+            try:
+                listed = {r.step for r in family.source.list_checkpoints(model)} if model in \
+                    family.source.list_models() else set()
+            except ValueError:
+                continue   # cannot be listed (e.g. contradicting token counts): the sensor says why
             intact = {s for s, st in status.get(model, {}).items()
                       if st == "ok" and str(s) in registered and s in listed}
             # never inventoried yet (sensor tick missed): the checkpoint asset checks it

@@ -120,6 +120,9 @@ def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, 
     plan.more = scan.more
     for _model, folder, reason in scan.incomplete:
         plan.log.append(f"{parts.name}: skipped {folder}: {reason}")
+    for model, reason in scan.refused:
+        plan.log.append(f"{parts.name}: refused model {model}: {reason} (none of its checkpoints "
+                        "is registered or requested until this is fixed)")
     new: dict[str, list[int]] = {}
     for f in scan.found:
         model, step = f.ref.model, f.ref.step
@@ -128,6 +131,12 @@ def plan_tick(instance: dg.DagsterInstance, parts: FamilyParts, family: Family, 
         except ValueError as e:
             plan.log.append(f"{parts.name}: refused {f.ref.location}: {e}")
             plan.handled.append(f"{model}|{step}")
+            continue
+        try:   # D of the checkpoint: the data must hold the windows it trained on
+            train_tokens(family.order, step)
+        except ValueError as e:   # not handled: retried on the next tick (e.g. data still copying)
+            plan.log.append(f"{parts.name}: {model} step {step} not registered: "
+                            f"{' '.join(str(e).split())}")
             continue
         if model not in models_now and model not in plan.add_models:
             plan.add_models.append(model)
