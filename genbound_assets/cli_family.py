@@ -141,7 +141,9 @@ def family():
               help="tokens_seen = step x N when the run records no token counts (N = B x T).")
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON",
               help="A kind option (pythia: sizes='[\"70m\"]', deduped=true, ...); repeatable.")
-@click.option("--profile", default="demo", show_default=True, help="Settings profile name.")
+@click.option("--profile", default=None,
+              help="Settings profile of this family (pipeline/settings.py: demo, micro, pythia); "
+                   "default: $GENBOUND_PROFILE, else demo.")
 @click.option("--replace", is_flag=True, help="Replace a family registered under NAME.")
 def add(name, path, kind, data, context_length, windows_per_step, tokens_per_step, options,
         profile, replace):
@@ -161,8 +163,10 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
         check_family_name(name)
         if kind is not None and kind not in FAMILY_KINDS:
             raise ValueError(f"--kind must be one of {', '.join(FAMILY_KINDS)}, got {kind!r}")
-        if not isinstance(profile, str) or not profile.strip() or len(profile.split()) != 1:
-            raise ValueError(f"--profile must be one word, got {profile!r}")
+        if profile is not None:
+            from genbound_assets.pipeline.settings import settings_for_profile
+
+            settings_for_profile(profile)   # an unknown profile is refused by name
         extra = _parse_options(options)
         remote = "://" in str(path)          # pythia: hf://EleutherAI, the live hub
         root = path if remote else path.expanduser()
@@ -262,7 +266,7 @@ def list_():
         except (ValueError, OSError) as e:
             mtxt = f"unavailable: {' '.join(str(e).split())}"
         opts = " ".join(f"{k}={v}" for k, v in s.options.items())
-        click.echo(f"{s.name}  kind={s.kind}  profile={s.profile}  checkpoints={s.checkpoints}"
+        click.echo(f"{s.name}  kind={s.kind}  profile={s.profile or '(GENBOUND_PROFILE or demo)'}  checkpoints={s.checkpoints}"
                    + (f"  data={s.data}" if s.data else "") + (f"  {opts}" if opts else ""))
         click.echo(f"  {mtxt}")
 

@@ -83,11 +83,11 @@ def run_demo(engine, instance, echo: Callable[[str], None] = print, *, families=
 
     defs = defs or build_defs()
     genbound = GenboundResource()
-    settings = genbound.settings()
     out = {}
     for parts in all_family_parts():
         if families is not None and parts.name not in families:
             continue
+        settings = genbound.settings(parts.spec)
         fam = parts.name
         family = genbound.family(parts.spec)
         t0 = time.perf_counter()

@@ -291,7 +291,7 @@ def test_sensor_plan_picks_up_a_registered_trainer_run(runs, registry, pg_clean)
     spec = next(s for s in load_families() if s.name == "mine")
     with dg.DagsterInstance.ephemeral() as instance:
         plan = plan_tick(instance, family_parts(spec), open_family(spec), pg_clean,
-                         settings_for_profile(spec.profile), seen=set())
+                         settings_for_profile(spec.profile or "demo"), seen=set())
     assert plan.add_models == ["llama-run"] and plan.add_steps == ["2", "4", "6"]
     assert sorted(plan.handled) == ["llama-run|2", "llama-run|4", "llama-run|6"]
     assert plan.events == [] and plan.requests          # nothing quarantined, work requested

@@ -8,7 +8,7 @@ model × step partitions hold no phantom checkpoint).
 The registry is a JSON file, ``$GENBOUND_FAMILIES_FILE`` or ``<data dir>/families.json``:
 
     {"families": [{"name": "suite", "kind": "suite", "checkpoints": "/…/suite",
-                   "data": null, "profile": "demo", "options": {}},
+                   "data": null, "profile": null, "options": {}},
                   {"name": "pythia", "kind": "pythia", "checkpoints": "/…/pythia-mirror",
                    "data": "/…/pile-standard/document", "options": {"sizes": ["70m"]}}, ...]}
 
@@ -52,7 +52,7 @@ class FamilySpec:
     kind: str
     checkpoints: str                 # checkpoint root folder
     data: str | None = None          # training tokens (None: the kind's default place)
-    profile: str = "demo"            # settings profile (pipeline/settings.py)
+    profile: str | None = None       # settings profile (pipeline/settings.py); None: $GENBOUND_PROFILE or demo
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

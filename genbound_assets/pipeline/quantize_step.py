@@ -217,12 +217,15 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
         try:
             q = quantize_model(model, cfg.quantizer, cfg.bits, cfg.group_size, calib_ids,
                                quantize_embeddings=quant_emb, seed=s.calibration_seed,
+                               device=s.device,
                                work_dir=None if work_dirs is None else work_dirs[cfg])
         except (QuantizationFailed, ValueError, RuntimeError, IndexError) as e:
             # IndexError: GPTQModel 7.6's packer on shapes it cannot pack (3-bit, d % 32 != 0)
             out.fail(f"{type(e).__name__}: {e}".splitlines()[0])
             log(f"  {cfg}: quantization failed: {out.failure_reason}")
             continue
+        p0 = next(model.parameters())
+        q.model.to(device=p0.device, dtype=p0.dtype)   # h_q evaluated where h is
         out.q, out.wall_s = q, q.wall_s
         alphas = []
         if out.in_grid:

@@ -142,6 +142,18 @@ class CertifySettings:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     @property
+    def torch_dtype(self):
+        """The model dtype as a torch.dtype (float32 | bfloat16 | float16)."""
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def load_kwargs(self, attn_implementation: str = "sdpa") -> dict:
+        """Keyword arguments of CheckpointSource.load_model for this device and dtype."""
+        return {"dtype": self.torch_dtype, "device": self.device,
+                "attn_implementation": attn_implementation}
+
+    @property
     def configs(self) -> tuple[QuantConfig, ...]:
         """Every configuration to quantize: the grid plus the paper-recipe reference."""
         return tuple(sorted(set(self.quant_grid) | {self.reference_config}))

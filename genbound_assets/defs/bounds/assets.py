@@ -83,7 +83,8 @@ def _load_hq(row: dict, template):
     if row.get("artifact_sha256") and _sha256(path) != row["artifact_sha256"]:
         raise dg.Failure(f"quantized model artifact {path} does not match its recorded sha256")
     model, _, _, _ = load_quantized(path, template)
-    return model
+    p = next(template.parameters())
+    return model.to(device=p.device, dtype=p.dtype)
 
 
 def _uniforms(engine, family: str, n: int, seed: int) -> np.ndarray:
@@ -116,7 +117,7 @@ def build(parts: FamilyParts) -> list:
         "lengths and the choice, priced log|grid| + log #codes; h_q artifacts under the data dir.")
     def quantized_model(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
-        engine, s = postgres.get_engine(), genbound.settings()
+        engine, s = postgres.get_engine(), genbound.settings(parts.spec)
         family = genbound.family(parts.spec)
         by_model = partitions_by_model(context)
         status = _statuses(engine, by_model)
@@ -127,7 +128,7 @@ def build(parts: FamilyParts) -> list:
                     context.log.warning(f"{model} step {ref.step}: skipped (checkpoint not ok)")
                     continue
                 log = DagsterLog(context, f"{model}@{ref.step}: ")
-                m = family.source.load_model(model, ref.step, attn_implementation="sdpa")
+                m = family.source.load_model(model, ref.step, **s.load_kwargs())
                 d = train_tokens(family.order, ref.step)
                 kind = "exact" if d <= s.exact_max_targets else "windows"
                 cal = calibration_windows(family.order.trained_windows(ref.step),
@@ -168,7 +169,7 @@ def build(parts: FamilyParts) -> list:
                      genbound: GenboundResource) -> dg.MaterializeResult:
         from genbound_assets.pipeline.design import sample_uniforms_needed
 
-        engine, s = postgres.get_engine(), genbound.settings()
+        engine, s = postgres.get_engine(), genbound.settings(parts.spec)
         family = genbound.family(parts.spec)
         u = _uniforms(engine, fam, sample_uniforms_needed(s.n_windows, s.n_reference_pairs), s.sample_seed)
         problems, summary = [], {}
@@ -182,7 +183,7 @@ def build(parts: FamilyParts) -> list:
                 crow = chosen.row(0, named=True)
                 refrow = q.filter(pl.col("is_reference") & (pl.col("status") == "ok"))
                 refrow = refrow.row(0, named=True) if refrow.height else None
-                h = family.source.load_model(model, ref.step, attn_implementation="sdpa")
+                h = family.source.load_model(model, ref.step, **s.load_kwargs())
                 hq = _load_hq(crow, h)
                 same = refrow is not None and refrow["artifact_path"] == crow["artifact_path"]
                 hq_ref = hq if same else (_load_hq(refrow, h) if refrow else None)
@@ -228,7 +229,7 @@ def build(parts: FamilyParts) -> list:
         "diagnostics, and the paper's recipe as a reference row (not certified).")
     def checkpoint_bounds(context: dg.AssetExecutionContext, postgres: PostgresResource,
                           genbound: GenboundResource) -> dg.MaterializeResult:
-        engine, s = postgres.get_engine(), genbound.settings()
+        engine, s = postgres.get_engine(), genbound.settings(parts.spec)
         problems, headline = [], {}
         for model, steps in partitions_by_model(context).items():
             n_params = _n_params(engine, model)

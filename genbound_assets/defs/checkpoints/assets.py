@@ -86,7 +86,7 @@ def build(parts: FamilyParts) -> list:
     def checkpoint_loss(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
         engine = postgres.get_engine()
-        s = genbound.settings()
+        s = genbound.settings(parts.spec)
         family = genbound.family(parts.spec)
         status = _statuses(engine, partitions_by_model(context))
         points = []
@@ -97,7 +97,7 @@ def build(parts: FamilyParts) -> list:
                     context.log.warning(f"{model} step {ref.step}: not scored ("
                                         f"{status.get((model, ref.step), 'no inventory row')})")
                     continue
-                m = family.source.load_model(model, ref.step, attn_implementation="sdpa")
+                m = family.source.load_model(model, ref.step, **s.load_kwargs())
                 rows += checkpoint_loss_rows(m, family.order, ref.step, ref.tokens_seen,
                                              s.curve_tokens, batch_size=s.batch_size)
             write_checkpoint_losses(engine, model, rows)

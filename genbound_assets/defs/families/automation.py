@@ -70,9 +70,10 @@ def _new_checkpoints(jobs):
     def new_checkpoints(context: dg.SensorEvaluationContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
-        engine, settings = postgres.get_engine(), genbound.settings()
+        engine = postgres.get_engine()
         requests, dyn, events, skipped = [], [], [], []
         for parts in all_family_parts():
+            settings = genbound.settings(parts.spec)
             try:
                 family = genbound.family(parts.spec)
             except (OSError, ValueError) as e:
@@ -140,11 +141,11 @@ def backfill_requests(instance: dg.DagsterInstance, engine, genbound: GenboundRe
     """The schedule's requests: only registered partitions that are real intact checkpoints."""
     from genbound_assets.families.inventory import selected_steps, train_tokens
 
-    settings = genbound.settings()
     out = []
     for parts in all_family_parts():
         if families is not None and parts.name not in families:
             continue
+        settings = genbound.settings(parts.spec)
         try:
             family = genbound.family(parts.spec)
         except (OSError, ValueError):

@@ -31,13 +31,17 @@ class GenboundResource(dg.ConfigurableResource):
     dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16")
     batch_size: int | None = Field(default=None, description="windows per forward pass")
 
-    def settings(self) -> CertifySettings:
+    def settings(self, family: FamilySpec | None = None) -> CertifySettings:
+        """The settings for ``family``: the profile is this resource's ``profile`` (run config),
+        else the family's registry profile, else $GENBOUND_PROFILE, else ``demo``; then the
+        GENBOUND_<FIELD> variables; then this resource's other fields."""
         over = {k: getattr(self, k) for k in ("delta", "selection", "exact_max_targets",
                                               "n_windows", "device", "dtype", "batch_size")
                 if getattr(self, k) is not None}
         if self.quant_grid:
             over["quant_grid"] = parse_quant_grid(self.quant_grid)
-        return CertifySettings.from_env(self.profile, **over)
+        profile = self.profile or (family.profile if family is not None else None)
+        return CertifySettings.from_env(profile, **over)
 
     def family(self, spec: FamilySpec) -> Family:
         return _open(spec)

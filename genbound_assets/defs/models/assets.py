@@ -82,7 +82,7 @@ def build(parts: FamilyParts) -> list:
     def compute_optimal(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
-        s = genbound.settings()
+        s = genbound.settings(parts.spec)
         n, _ = _n_params(engine, model)
         row, interp = compute_optimal_rows(model, n, _d_by_step(engine, model),
                                            _bounded(engine, model, sample), s.tokens_per_param)
@@ -101,7 +101,7 @@ def build(parts: FamilyParts) -> list:
     def prequential_complexity(context: dg.AssetExecutionContext, postgres: PostgresResource,
                                genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
-        s = genbound.settings()
+        s = genbound.settings(parts.spec)
         n, vocab = _n_params(engine, model)
         pts = read_frame(engine, "SELECT step, tokens_seen, mean_loss FROM checkpoint_losses "
                          "WHERE model = :m AND eval_kind = 'next_tokens'", {"m": model})
@@ -128,13 +128,13 @@ def build(parts: FamilyParts) -> list:
     def hessian_spectrum(context: dg.AssetExecutionContext, postgres: PostgresResource,
                          genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
-        s = genbound.settings()
+        s = genbound.settings(parts.spec)
         co = read_frame(engine, "SELECT step, step_hi FROM compute_optimal WHERE model = :m", {"m": model})
         step = None if co.height == 0 else (co["step"][0] if co["step"][0] is not None else co["step_hi"][0])
         if step is None:
             raise dg.Failure(f"{model}: no compute-optimal checkpoint yet (materialize compute_optimal)")
         family = genbound.family(parts.spec)
-        m = family.source.load_model(model, int(step), attn_implementation="eager")
+        m = family.source.load_model(model, int(step), **s.load_kwargs("eager"))   # HVPs need eager
         w = family.order.trained_windows(int(step))
         n_win = max(1, s.slq_batch_tokens // family.order.context_length)
         rng = np.random.default_rng(np.random.SeedSequence([s.slq_seed, 0x68657373]))
