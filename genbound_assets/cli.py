@@ -321,6 +321,10 @@ except ModuleNotFoundError as e:  # the `suite` group lands separately; only its
 else:
     main.add_command(suite)
 
+from genbound_assets.cli_validate import validate  # noqa: E402
+
+main.add_command(validate)
+
 
 if __name__ == "__main__":
     main()
