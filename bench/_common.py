@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]    # when the bench process started
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as `python bench/x.py` from any directory
     sys.path.insert(0, str(REPO))
@@ -79,7 +80,7 @@ def machine_info() -> dict:
         "cpu": cpu_model(), "arch": platform.machine(), "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "mem_gib": mem_total_gib(), "python": platform.python_version(), "numpy": np.__version__,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_start": LOAD_AT_START,
         "hostname_kind": "shared CI/dev box" if os.cpu_count() and os.cpu_count() <= 2 else None,
     }
     try:

@@ -29,6 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    import _common  # noqa: E402  (bench/: the machine description, load at start)
+except ImportError:
+    _common = None
 
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
@@ -202,12 +206,7 @@ def main(argv=None) -> dict:
 
 
 def _machine() -> dict:
-    try:
-        import _common
-
-        return _common.machine_info()
-    except ImportError:
-        return {}
+    return {} if _common is None else _common.machine_info()
 
 
 if __name__ == "__main__":

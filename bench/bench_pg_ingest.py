@@ -65,10 +65,10 @@ def loss_arrays(d: int, m: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--copy-rows", type=int, default=1_000_000)
     ap.add_argument("--targets", type=int, default=1_000_000)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--url", default=None, help="an external database (else embedded, throwaway)")
     args = ap.parse_args(argv)
 
