@@ -321,10 +321,8 @@ except ModuleNotFoundError as e:  # the `suite` group lands separately; only its
 else:
     main.add_command(suite)
 
-from genbound_assets.cli_validate import validate  # noqa: E402
 
-main.add_command(validate)
-
+main.add_command(__import__("genbound_assets.cli_validate", fromlist=["validate"]).validate)
 
 if __name__ == "__main__":
     main()
