@@ -13,7 +13,9 @@ Stages (the lines genbound/cli.py and genbound/demo.py print):
                            losses and bounds);
 * ``model-level assets``   ``demo: [3/4] <family>/<model>: ...: ok (S s)``;
 * ``unpartitioned assets`` ``demo: [4/4] unpartitioned assets (...): ok (S s)``;
-* ``total``                ``demo: done in S s``.
+* ``total``                ``demo: done in S s``;
+* per asset               Dagster's ``STEP_SUCCESS ... step "<family>__<asset>" in 1.2s`` lines
+                           (in the log when stderr was captured with stdout, as --run does).
 
 --run executes `python -m genbound_assets.cli demo` with GENBOUND_DATA_DIR=--data-dir (default a
 new temp dir, kept: the log is written to --log).  Never part of `make bench`: it parses a log.
@@ -43,12 +45,24 @@ PATTERNS = {
     "model_total": re.compile(r"demo: \[3/4\] model-level assets: ([\d.]+) s$"),
     "unpartitioned": re.compile(r"demo: \[4/4\] unpartitioned assets \((.*)\): (ok|FAILED) \(([\d.]+) s\)$"),
     "done": re.compile(r"demo: done in ([\d.]+) s"),
+    # Dagster's own step lines (the demo's stderr): per-asset step time
+    "step": re.compile(r'STEP_(SUCCESS|FAILURE) - .*step "([^"]+)" in ((?:\d+m)?[\d.]+(?:ms|s)?)'),
 }
+
+
+def _duration(text: str) -> float:
+    """Dagster's step duration text: 552ms, 1.08s, 1m52s."""
+    m = re.fullmatch(r"(?:(\d+)m)?([\d.]+)(ms|s)?", text)
+    if not m:
+        return 0.0
+    minutes, value, unit = m.groups()
+    secs = float(value) / (1000.0 if unit == "ms" else 1.0)
+    return secs + 60.0 * int(minutes or 0)
 
 
 def parse(lines: list[str]) -> dict:
     st: dict = {"train_s": None, "register_s": 0.0, "runs": [], "models": [], "model_total_s": None,
-                "unpartitioned_s": None, "total_s": None, "failed": 0}
+                "unpartitioned_s": None, "total_s": None, "failed": 0, "steps": {}}
     for raw in lines:
         line = raw.rstrip("\n").split("\r")[-1].strip()
         if m := PATTERNS["train"].search(line):
@@ -69,6 +83,10 @@ def parse(lines: list[str]) -> dict:
             st["failed"] += m.group(2) != "ok"
         elif m := PATTERNS["done"].search(line):
             st["total_s"] = float(m.group(1))
+        elif m := PATTERNS["step"].search(line):
+            asset = m.group(2).split("__", 1)[-1]
+            n, t = st["steps"].get(asset, (0, 0.0))
+            st["steps"][asset] = (n + 1, t + _duration(m.group(3)))
     return st
 
 
@@ -96,7 +114,7 @@ def stages(st: dict) -> list[dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log", type=Path, default=Path(os.environ.get("GENBOUND_DEMO_LOG", RESULTS / "demo.log")))
-    ap.add_argument("--train-log", type=Path, default=None,
+    ap.add_argument("--train-log", type=Path, default=RESULTS / "suite_train.log",
                     help="a `genbound suite train` log (when the demo reused a trained suite)")
     ap.add_argument("--run", action="store_true", help="run `genbound demo` first (~10+ minutes)")
     ap.add_argument("--data-dir", type=Path, default=None)
@@ -124,17 +142,34 @@ def main(argv=None) -> dict:
                        "on a quiet machine, or pass --log"])
     lines = args.log.read_text(errors="replace").splitlines()
     st = parse(lines)
+    separate_train = False
     if st["train_s"] is None and args.train_log and args.train_log.is_file():
         st["train_s"] = parse(args.train_log.read_text(errors="replace").splitlines())["train_s"]
+        separate_train = st["train_s"] is not None
     rows = stages(st)
-    total = st["total_s"] or sum(r["s"] for r in rows)
+    demo_total = st["total_s"] or sum(r["s"] for r in rows if r["stage"] != "train suite")
+    # the demo's "done in" includes training only when the demo trained the suite itself
+    total = demo_total + (st["train_s"] if separate_train else 0.0)
     for r in rows:
         r["share"] = r["s"] / total if total else None
+    if separate_train:
+        rows[0]["stage"] = "train suite (separate `genbound suite train` log)"
     heads = [C.headline(f"make demo: {r['stage']}", r["s"], "s") for r in rows]
-    heads.append(C.headline("make demo: total (genbound demo)", total, "s"))
+    heads.append(C.headline("make demo: genbound demo (`done in`)", demo_total, "s"))
+    if separate_train:
+        heads.append(C.headline("make demo: training + genbound demo", total, "s"))
+    extra = [["genbound demo (done in)", None, demo_total, demo_total / total if total else None]]
+    if separate_train:
+        extra.append(["total incl. training", None, total, 1.0])
     table = C.fmt_table(["stage", "runs", "seconds", "share"],
-                        [[r["stage"], r["runs"], r["s"], r["share"]] for r in rows]
-                        + [["total (demo: done in)", None, total, 1.0]])
+                        [[r["stage"], r["runs"], r["s"], r["share"]] for r in rows] + extra)
+    if st["steps"]:
+        table.append("")
+        table += C.fmt_table(["asset (Dagster step time, all runs)", "steps", "seconds"],
+                             [[a, n, t] for a, (n, t) in sorted(st["steps"].items(),
+                                                               key=lambda kv: -kv[1][1])])
+        for a, (n, t) in st["steps"].items():
+            heads.append(C.headline(f"make demo: asset {a} (Dagster step time, {n} step(s))", t, "s"))
     if st["failed"]:
         table.append(f"({st['failed']} FAILED run(s) in the log)")
     try:
@@ -142,8 +177,9 @@ def main(argv=None) -> dict:
     except ValueError:
         log_name = str(args.log)
     return C.emit({"bench": "demo_stages", "log": log_name, "available": True,
-                   "run_s": run_s, "parsed": st, "stages": rows, "total_s": total,
-                   "headline": heads}, table)
+                   "train_log": str(args.train_log) if separate_train else None,
+                   "run_s": run_s, "parsed": st, "stages": rows, "demo_s": demo_total,
+                   "total_s": total, "headline": heads}, table)
 
 
 if __name__ == "__main__":
