@@ -14,7 +14,7 @@ PIP         := $(BIN)/python -m pip
 CORES       := $(shell nproc 2>/dev/null || echo 2)
 export GPTQMODEL_CPU_WORKERS ?= $(CORES)
 
-.PHONY: setup demo test lint ui ui-check clean-venv
+.PHONY: setup demo test lint ui ui-check clean-venv bench
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# every bench (bench/run_all.py): bench/results/<name>.json and the tables of docs/performance.md;
+# ~10-15 min on 2 cores.  A subset: make bench BENCH="freedman coverage"
+bench: setup
+	$(BIN)/python bench/run_all.py $(if $(BENCH),--only $(BENCH))
 
 lint: setup
 	$(BIN)/ruff check genbound_assets genbound_assets_tests bench

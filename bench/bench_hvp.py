@@ -29,6 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    import _common  # noqa: E402  (bench/: the machine description, load at start)
+except ImportError:
+    _common = None
 
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
@@ -102,6 +106,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slq-steps", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slq-sweep", type=int, nargs="*", default=[],
+                    help="also time slq() with these Lanczos step counts (1 probe each): SLQ "
+                         "time vs steps, the reorthogonalization's O(j n) share")
+    ap.add_argument("--out-json-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,6 +146,17 @@ def main(argv=None) -> dict:
     step = (time.perf_counter() - t0) / m
     t["slq_step"] = {"min": step, "median": step, "cpu_median": (time.process_time() - c0) / m}
     base = t["fwd_bwd"]
+    sweep = []
+    for steps in args.slq_sweep:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = slq(op, steps, 1, seed=0, dtype=dtype)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        sweep.append({"lanczos_steps": steps, "nodes": int(sum(len(n) for n in res.nodes))
+                      if hasattr(res, "nodes") else None, "seconds": wall, "cpu_seconds": cpu,
+                      "seconds_per_step": wall / steps,
+                      "x_fwd_bwd_per_step": (wall / steps) / base["min"]})
 
     result = {
         "bench": "hvp",
@@ -156,6 +175,16 @@ def main(argv=None) -> dict:
             k: round(d["cpu_median"] / base["cpu_median"], 3) for k, d in t.items()
         },
         "slq_steps_for_slq_step": m,
+        "slq_sweep": sweep,
+        "headline": [
+            {"what": f"one HVP / one forward+backward, same batch ({args.preset}, wall min; cpu median)",
+             "value": f"{t['hvp']['min'] / base['min']:.2f}; {t['hvp']['cpu_median'] / base['cpu_median']:.2f}",
+             "unit": "x", "target": "<= 3", "met": t["hvp"]["cpu_median"] / base["cpu_median"] <= 3.0},
+            {"what": "one SLQ step (HVP + full reorthogonalization) / forward+backward",
+             "value": round(t["slq_step"]["min"] / base["min"], 2), "unit": "x", "target": None,
+             "met": None},
+        ] + [{"what": f"SLQ, {r['lanczos_steps']} Lanczos steps, 1 probe", "value": round(r["seconds"], 3),
+              "unit": "s", "target": None, "met": None} for r in sweep],
     }
     head = f"{'what':<16}{'min s':>10}{'median s':>10}{'cpu s':>10}{'x fwd+bwd':>11}{'x (cpu)':>9}"
     print(head)
@@ -168,8 +197,16 @@ def main(argv=None) -> dict:
         f"({args.preset}: {op.dim:,} params, batch {args.batch}x{args.seq}, {args.dtype}, "
         f"{args.device}, {torch.get_num_threads()} threads)"
     )
+    for r in sweep:
+        print(f"slq {r['lanczos_steps']:>4} steps: {r['seconds']:.3f} s, {r['seconds_per_step']:.4f} s/step "
+              f"({r['x_fwd_bwd_per_step']:.2f}x fwd+bwd per step)")
+    result["machine"] = _machine()
     print(json.dumps(result))
     return result
+
+
+def _machine() -> dict:
+    return {} if _common is None else _common.machine_info()
 
 
 if __name__ == "__main__":

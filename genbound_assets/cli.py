@@ -326,5 +326,7 @@ else:
 main.add_command(__import__("genbound_assets.cli_family", fromlist=["family"]).family)
 
 
+main.add_command(__import__("genbound_assets.cli_validate", fromlist=["validate"]).validate)
+
 if __name__ == "__main__":
     main()

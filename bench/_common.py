@@ -1,0 +1,225 @@
+"""Shared bench helpers: the machine description, a matmul peak, side-by-side timing, results.
+
+Every bench prints one JSON line (``"bench": <name>``) and a table; ``bench/run_all.py`` (``make
+bench``) runs them, stores each JSON record under ``bench/results/<name>.json`` and regenerates
+the tables of docs/performance.md.  Timings live here, never in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]    # when the bench process started
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:          # run as `python bench/x.py` from any directory
+    sys.path.insert(0, str(REPO))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def blas_info() -> dict:
+    """torch's BLAS (from its build config) and numpy's (from its build dependencies)."""
+    out = {}
+    try:
+        import re
+
+        import torch
+
+        cfg = torch.__config__.show()
+        for k in ("BLAS_INFO", "LAPACK_INFO"):
+            m = re.search(rf"\b{k}=([^,\s]+)", cfg)
+            if m:
+                out[f"torch_{k.lower()}"] = m.group(1)
+        m = re.search(r"Intel\(R\) MKL-DNN v([\d.]+)|oneDNN v([\d.]+)", cfg)
+        if m:
+            out["torch_onednn"] = m.group(1) or m.group(2)
+        out["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    except Exception:                                    # noqa: BLE001 - description only
+        pass
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        out["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:                                    # noqa: BLE001
+        pass
+    return out
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on (stored with every result)."""
+    import numpy as np
+
+    info = {
+        "cpu": cpu_model(), "arch": platform.machine(), "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_gib": mem_total_gib(), "python": platform.python_version(), "numpy": np.__version__,
+        "loadavg_start": LOAD_AT_START,
+        "hostname_kind": "shared CI/dev box" if os.cpu_count() and os.cpu_count() <= 2 else None,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    info.update(blas_info())
+    return info
+
+
+def one_thread() -> None:
+    """One torch thread (the brief's rule on the shared 2-core box; also what ratios assume)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def matmul_peak(dtype=None, size: int = 1024, reps: int = 8, rounds: int = 3,
+                device: str = "cpu") -> float:
+    """Best FLOP/s of a size^3 torch matmul (same threads and dtype as the measured code)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    best = math.inf
+    for _ in range(rounds):
+        torch.matmul(a, b)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2.0 * size**3 / best
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
+    """Round-robin timing (A, B, A, B, ...) so load drift on a shared box hits every candidate
+    alike.  Returns {name: {"median": s, "min": s, "cpu_median": s, "all": [...]}}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]),
+                "cpu_median": statistics.median(cpu[k]), "all": [round(x, 6) for x in wall[k]]}
+            for k in fns}
+
+
+def headline(what: str, value: float, unit: str = "", target: str | None = None,
+             met: bool | None = None) -> dict:
+    """One line of the performance table."""
+    return {"what": what, "value": value, "unit": unit, "target": target, "met": met}
+
+
+def emit(record: dict, table_lines: list[str]) -> dict:
+    """Print the JSON line (with the machine description) and the table."""
+    record = {**record, "machine": record.get("machine") or machine_info()}
+    record["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(record, default=_default))
+    for line in table_lines:
+        print(line)
+    sys.stdout.flush()
+    return record
+
+
+def _default(x):
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:
+        pass
+    return str(x)
+
+
+def fmt_table(cols: list[str], rows: list[list]) -> list[str]:
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
+              for i, c in enumerate(cols)]
+    out = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    out += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return out
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v == 0 or 1e-3 <= abs(v) < 1e6:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+class EmbeddedPostgres:
+    """A throwaway embedded PostgreSQL (pgserver) for one bench, stopped and deleted on exit;
+    or an external one when ``url`` is given (its genbound tables are written to)."""
+
+    def __init__(self, url: str | None = None):
+        self.url, self.root = url, None
+
+    def __enter__(self) -> str:
+        if self.url:
+            from genbound_assets import storage
+
+            return storage.validate_url(self.url, source="--url")
+        import tempfile
+
+        from genbound_assets import storage
+
+        # not under a 0700 pytest dir: pgserver runs PostgreSQL as its own user when we are root
+        self.root = Path(tempfile.mkdtemp(prefix="genbound-bench-pg-"))
+        self.url = storage.start_embedded(self.root)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self.root is None:
+            return
+        import shutil
+
+        from genbound_assets import storage
+
+        storage.stop_embedded(self.root, mode="immediate")
+        shutil.rmtree(self.root, ignore_errors=True)

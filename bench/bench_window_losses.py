@@ -1,0 +1,247 @@
+"""Token evaluation by windows vs a bare transformers forward, and vs the old per-pair path.
+
+    .venv/bin/python bench/bench_window_losses.py [--presets demo-133k pythia-shape] [--repeats 3]
+
+Side by side in one run, round-robin, same model, same tokens, same batches, 1 torch thread:
+
+* ``window``        measure.window_losses.window_losses(model, order, windows, alphas=(0.1,)):
+                    what the pipeline runs for h_q (X, Y, X_s, Y_s of every target, float64);
+* ``window_noalpha`` the same without smoothing (what it runs for the float h);
+* ``bare``          model(input_ids, attention_mask).logits over the same windows, the same
+                    batch size and the same block-diagonal masks (built before timing): the floor
+                    any evaluator pays;
+* ``bare_f32``      bare + a float32 log-softmax, target gather and entropy (the cheapest
+                    useful reduction), to show what the float64 reduction costs;
+* ``per_pair``      measure.token_losses.token_losses on targets of the same windows, one
+                    forward pass per target (the old path), tokens/s = targets/s.
+
+* ``window_fastreduce`` window_losses with its reduction swapped for :func:`reduce_fast` (a
+                    proposal; outputs equal to ~1e-14, checked in the run).
+
+tokens/s counts targets evaluated; "cpu" ratios use the process's CPU time (less sensitive to
+other jobs on a shared box than wall time).  Model FLOPs per window = 2 N' T + 2 n_layer d T^2 (N' = every
+parameter but the input embedding: the LM head runs on every position; causal attention) and
+the fraction is of the best 1024^3 float32 matmul measured in the same run, same thread count.
+Prints one JSON line, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import _common as C
+import numpy as np
+import torch
+
+PRESETS = {
+    # the demo suite's largest size (suite.neox_config neox-133k: d 64, 2 layers, V 257), T 128,
+    # the pipeline's batch of 32 windows
+    "demo-133k": dict(vocab=257, hidden=64, layers=2, heads=4, T=128, batch=32, windows=128,
+                      pairs=64, doc=300),
+    # Pythia's head (V = 50,304) on a CPU-sized trunk (d 256, 4 layers), T 256
+    "pythia-shape": dict(vocab=50304, hidden=256, layers=4, heads=4, T=256, batch=8, windows=8,
+                         pairs=16, doc=600),
+}
+
+
+def build(p: dict, seed: int = 0):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(vocab_size=p["vocab"], hidden_size=p["hidden"],
+                        num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
+                        intermediate_size=4 * p["hidden"], max_position_embeddings=p["T"],
+                        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+                        use_cache=False, attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+def make_order(p: dict, seed: int = 0):
+    from genbound_assets.data.order import StreamWindows
+    from genbound_assets.data.stream import build_stream
+
+    rng = np.random.default_rng(seed)
+    need = (p["windows"] + 2) * p["T"] + 1
+    docs, n = [], 0
+    sep = p["vocab"] - 1
+    while n < need:
+        k = int(rng.geometric(1.0 / p["doc"])) + 1
+        docs.append(rng.integers(0, min(sep, 50277), size=k))
+        n += k + 1
+    stream = build_stream(docs, sep)
+    return stream, StreamWindows(stream, p["T"], p["batch"])
+
+
+def reduce_fast(logits: torch.Tensor, target: torch.Tensor, log_keep, log_unif) -> dict:
+    """A proposal for measure/window_losses._reduce (same signature, same float64 outputs to
+    ~1e-14): 2^20-element row chunks (8 MB float64 buffers that stay in cache, as
+    measure/token_losses does) reused across chunks, no copy per intermediate, q = (1-a) p + a/V
+    formed directly (one log per element instead of logaddexp + exp), and the finiteness check
+    on the outputs (a NaN/inf logit makes the row's loss or entropy non-finite)."""
+    n, V = logits.shape
+    rows = max(1, (1 << 20) // V)
+    m = min(rows, n)
+    lp_buf, p_buf = torch.empty((m, V), dtype=torch.float64), torch.empty((m, V), dtype=torch.float64)
+    q_buf, lq_buf = (torch.empty((m, V), dtype=torch.float64) for _ in range(2)) if log_keep else (None, None)
+    keeps = [math.exp(k) for k in log_keep]
+    unifs = [math.exp(u) for u in log_unif]
+    keys = ["loss", "entropy"] + [f"sl{i}" for i in range(len(keeps))] + [f"se{i}" for i in range(len(keeps))]
+    out = {k: np.empty(n) for k in keys}
+    for c0 in range(0, n, rows):
+        c1 = min(n, c0 + rows)
+        k = c1 - c0
+        lp, p = lp_buf[:k], p_buf[:k]
+        lp.copy_(logits[c0:c1])
+        lp -= lp.amax(-1, keepdim=True)
+        torch.exp(lp, out=p)
+        z = p.sum(-1, keepdim=True)
+        lp -= torch.log(z)
+        p /= z
+        lpx = lp.gather(1, target[c0:c1, None])[:, 0]
+        out["loss"][c0:c1] = (-lpx).cpu().numpy()
+        out["entropy"][c0:c1] = (-torch.linalg.vecdot(p, lp)).cpu().numpy()
+        for i, (kp, u) in enumerate(zip(keeps, unifs, strict=True)):
+            q, lq = q_buf[:k], lq_buf[:k]
+            torch.mul(p, kp, out=q).add_(u)
+            torch.log(q, out=lq)
+            out[f"sl{i}"][c0:c1] = (-torch.log(kp * lpx.exp() + u)).cpu().numpy()
+            out[f"se{i}"][c0:c1] = (-torch.linalg.vecdot(q, lq)).cpu().numpy()
+    if not (np.isfinite(out["loss"]).all() and np.isfinite(out["entropy"]).all()):
+        raise FloatingPointError("the model produced non-finite logits")
+    return out
+
+
+def with_fast_reduce(fn):
+    """Run ``fn`` with measure.window_losses._reduce replaced by :func:`reduce_fast`."""
+    import genbound_assets.measure.window_losses as WL
+
+    orig = WL._reduce
+    WL._reduce = reduce_fast
+    try:
+        return fn()
+    finally:
+        WL._reduce = orig
+
+
+def run_preset(name: str, repeats: int, peak: float) -> dict:
+    from genbound_assets.data.order import IGNORE
+    from genbound_assets.measure.token_losses import token_losses
+    from genbound_assets.measure.window_losses import attention_mask, window_losses
+
+    p = PRESETS[name]
+    model = build(p)
+    stream, order = make_order(p)
+    windows = np.arange(p["windows"], dtype=np.int64)
+    B, T = p["batch"], p["T"]
+    batches = []
+    for b0 in range(0, len(windows), B):
+        wb = order.batch(windows[b0:b0 + B])
+        batches.append((torch.from_numpy(wb.inputs), attention_mask(wb.segments, torch.float32),
+                        torch.from_numpy(wb.labels)))
+    n_targets = int(sum((lab != IGNORE).sum() for _, _, lab in batches))
+    # per-pair targets: evenly spread over the same windows' targets
+    labels = order.batch(windows).labels
+    rows, cols = np.nonzero(labels != IGNORE)
+    all_pos = order.target_position(windows[rows], cols)
+    pairs = all_pos[np.linspace(0, len(all_pos) - 1, p["pairs"]).astype(np.int64)]
+
+    def bare():
+        with torch.inference_mode():
+            for ids, mask, _ in batches:
+                _ = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def bare_f32():
+        with torch.inference_mode():
+            for ids, mask, lab in batches:
+                lg = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                keep = lab.reshape(-1) != IGNORE
+                logp = torch.log_softmax(lg.reshape(-1, lg.shape[-1])[keep], -1)
+                logp.gather(1, lab.reshape(-1)[keep][:, None])
+                (-(logp.exp() * logp).sum(-1))
+
+    def ours():
+        return window_losses(model, order, windows, alphas=(0.1,), batch_size=B)
+
+    ref, fast = ours(), with_fast_reduce(ours)
+    fast_diff = max(float(np.abs(ref.loss - fast.loss).max()),
+                    float(np.abs(ref.entropy - fast.entropy).max()),
+                    float(np.abs(ref.smoothed_loss[0.1] - fast.smoothed_loss[0.1]).max()),
+                    float(np.abs(ref.smoothed_entropy[0.1] - fast.smoothed_entropy[0.1]).max()))
+    fns = {
+        "window": ours,
+        "window_fastreduce": lambda: with_fast_reduce(ours),
+        "window_noalpha": lambda: window_losses(model, order, windows, batch_size=B),
+        "bare": bare,
+        "bare_f32": bare_f32,
+        "per_pair": lambda: token_losses(model, stream, pairs, T, alphas=(0.1,), batch_size=B),
+    }
+    t = C.side_by_side(fns, repeats)
+    n_params = sum(q.numel() for q in model.parameters())
+    n_embed_in = model.gpt_neox.embed_in.weight.numel()
+    flops_window = 2 * (n_params - n_embed_in) * T + 2 * p["layers"] * p["hidden"] * T * T
+    flops = flops_window * len(windows)
+    out = {"preset": name, **p, "n_params": n_params, "n_targets": n_targets,
+           "n_pairs": int(len(pairs)), "model_flops": flops, "seconds": t,
+           "fastreduce_max_abs_diff": fast_diff}
+    for k in ("window", "window_fastreduce", "window_noalpha", "bare", "bare_f32"):
+        s = t[k]["median"]
+        out[f"{k}_tokens_per_s"] = n_targets / s
+        out[f"{k}_tokens_per_cpu_s"] = n_targets / t[k]["cpu_median"]
+        out[f"{k}_flops_per_s"] = flops / s
+        out[f"{k}_peak_fraction"] = flops / s / peak
+    out["per_pair_tokens_per_s"] = len(pairs) / t["per_pair"]["median"]
+    out["per_pair_tokens_per_cpu_s"] = len(pairs) / t["per_pair"]["cpu_median"]
+    for k in ("window", "window_fastreduce", "window_noalpha"):
+        out[f"ratio_{k}_vs_bare"] = out[f"{k}_tokens_per_s"] / out["bare_tokens_per_s"]
+        out[f"ratio_{k}_vs_bare_cpu"] = out[f"{k}_tokens_per_cpu_s"] / out["bare_tokens_per_cpu_s"]
+    out["ratio_window_vs_per_pair"] = out["window_tokens_per_s"] / out["per_pair_tokens_per_s"]
+    out["ratio_window_vs_per_pair_cpu"] = out["window_tokens_per_cpu_s"] / out["per_pair_tokens_per_cpu_s"]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["demo-133k", "pythia-shape"],
+                    choices=sorted(PRESETS))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    C.one_thread()
+    peak = C.matmul_peak()
+    rows = [run_preset(n, args.repeats, peak) for n in args.presets]
+    peak_after = C.matmul_peak()
+    heads = []
+    for r in rows:
+        pr = r["preset"]
+        heads.append(C.headline(f"window_losses / bare forward, tokens/s ({pr}; wall, cpu)",
+                                f"{r['ratio_window_vs_bare']:.2f}, {r['ratio_window_vs_bare_cpu']:.2f}",
+                                "x", ">= 0.9", r["ratio_window_vs_bare_cpu"] >= 0.9))
+        heads.append(C.headline(f"same with the proposed reduction (bench reduce_fast; {pr})",
+                                f"{r['ratio_window_fastreduce_vs_bare']:.2f}, "
+                                f"{r['ratio_window_fastreduce_vs_bare_cpu']:.2f}", "x", ">= 0.9",
+                                r["ratio_window_fastreduce_vs_bare_cpu"] >= 0.9))
+        heads.append(C.headline(f"window_losses, model FLOP/s / matmul peak ({pr}; bare forward)",
+                                f"{r['window_peak_fraction']:.3f} ({r['bare_peak_fraction']:.3f})",
+                                "fraction"))
+        heads.append(C.headline(f"window_losses / per-pair token_losses, tokens/s ({pr}; wall, cpu)",
+                                f"{r['ratio_window_vs_per_pair']:.1f}, {r['ratio_window_vs_per_pair_cpu']:.1f}",
+                                "x", "> 1 (issue #10)", r["ratio_window_vs_per_pair_cpu"] > 1))
+    table = C.fmt_table(
+        ["preset", "targets", "window tok/s", "fast-reduce tok/s", "no-alpha tok/s", "bare tok/s",
+         "bare+f32 tok/s", "per-pair tok/s", "window/bare (cpu)", "window/per-pair (cpu)",
+         "FLOP/s frac (window, bare)"],
+        [[r["preset"], r["n_targets"], r["window_tokens_per_s"], r["window_fastreduce_tokens_per_s"],
+          r["window_noalpha_tokens_per_s"], r["bare_tokens_per_s"], r["bare_f32_tokens_per_s"],
+          r["per_pair_tokens_per_s"],
+          f"{r['ratio_window_vs_bare']:.2f} ({r['ratio_window_vs_bare_cpu']:.2f})",
+          f"{r['ratio_window_vs_per_pair']:.1f} ({r['ratio_window_vs_per_pair_cpu']:.1f})",
+          f"{r['window_peak_fraction']:.2f}, {r['bare_peak_fraction']:.2f}"] for r in rows])
+    table.append(f"(matmul peak {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after; "
+                 f"1 torch thread; medians of {args.repeats} round-robin repeats)")
+    return C.emit({"bench": "window_losses", "repeats": args.repeats,
+                   "matmul_peak_flops": peak, "matmul_peak_flops_after": peak_after,
+                   "rows": rows, "headline": heads}, table)
+
+
+if __name__ == "__main__":
+    main()
