@@ -4,9 +4,11 @@
 
 Side by side in one run, round-robin, same model, same tokens, same batches, 1 torch thread:
 
-* ``window``        measure.window_losses.window_losses(model, order, windows, alphas=(0.1,)):
-                    what the pipeline runs for h_q (X, Y, X_s, Y_s of every target, float64);
-* ``window_noalpha`` the same without smoothing (what it runs for the float h);
+* ``window``        measure.window_losses.window_losses(model, order, windows, alphas=(0.1,),
+                    entropy=False): what the pipeline runs for h_q (X, X_s, Y_s of every
+                    target, float64);
+* ``window_noalpha`` window_losses(..., entropy=False) without smoothing: what it runs for the
+                    float h and the loss curve (X only: log-sum-exp and the target's logit);
 * ``bare``          model(input_ids, attention_mask).logits over the same windows, the same
                     batch size and the same block-diagonal masks (built before timing): the floor
                     any evaluator pays;
@@ -14,9 +16,6 @@ Side by side in one run, round-robin, same model, same tokens, same batches, 1 t
                     useful reduction), to show what the float64 reduction costs;
 * ``per_pair``      measure.token_losses.token_losses on targets of the same windows, one
                     forward pass per target (the old path), tokens/s = targets/s.
-
-* ``window_fastreduce`` window_losses with its reduction swapped for :func:`reduce_fast` (a
-                    proposal; outputs equal to ~1e-14, checked in the run).
 
 tokens/s counts targets evaluated; "cpu" ratios use the process's CPU time (less sensitive to
 other jobs on a shared box than wall time).  Model FLOPs per window = 2 N' T + 2 n_layer d T^2 (N' = every
@@ -28,7 +27,6 @@ Prints one JSON line, then a table.
 from __future__ import annotations
 
 import argparse
-import math
 
 import _common as C
 import numpy as np
@@ -73,57 +71,6 @@ def make_order(p: dict, seed: int = 0):
     return stream, StreamWindows(stream, p["T"], p["batch"])
 
 
-def reduce_fast(logits: torch.Tensor, target: torch.Tensor, log_keep, log_unif) -> dict:
-    """A proposal for measure/window_losses._reduce (same signature, same float64 outputs to
-    ~1e-14): 2^20-element row chunks (8 MB float64 buffers that stay in cache, as
-    measure/token_losses does) reused across chunks, no copy per intermediate, q = (1-a) p + a/V
-    formed directly (one log per element instead of logaddexp + exp), and the finiteness check
-    on the outputs (a NaN/inf logit makes the row's loss or entropy non-finite)."""
-    n, V = logits.shape
-    rows = max(1, (1 << 20) // V)
-    m = min(rows, n)
-    lp_buf, p_buf = torch.empty((m, V), dtype=torch.float64), torch.empty((m, V), dtype=torch.float64)
-    q_buf, lq_buf = (torch.empty((m, V), dtype=torch.float64) for _ in range(2)) if log_keep else (None, None)
-    keeps = [math.exp(k) for k in log_keep]
-    unifs = [math.exp(u) for u in log_unif]
-    keys = ["loss", "entropy"] + [f"sl{i}" for i in range(len(keeps))] + [f"se{i}" for i in range(len(keeps))]
-    out = {k: np.empty(n) for k in keys}
-    for c0 in range(0, n, rows):
-        c1 = min(n, c0 + rows)
-        k = c1 - c0
-        lp, p = lp_buf[:k], p_buf[:k]
-        lp.copy_(logits[c0:c1])
-        lp -= lp.amax(-1, keepdim=True)
-        torch.exp(lp, out=p)
-        z = p.sum(-1, keepdim=True)
-        lp -= torch.log(z)
-        p /= z
-        lpx = lp.gather(1, target[c0:c1, None])[:, 0]
-        out["loss"][c0:c1] = (-lpx).cpu().numpy()
-        out["entropy"][c0:c1] = (-torch.linalg.vecdot(p, lp)).cpu().numpy()
-        for i, (kp, u) in enumerate(zip(keeps, unifs, strict=True)):
-            q, lq = q_buf[:k], lq_buf[:k]
-            torch.mul(p, kp, out=q).add_(u)
-            torch.log(q, out=lq)
-            out[f"sl{i}"][c0:c1] = (-torch.log(kp * lpx.exp() + u)).cpu().numpy()
-            out[f"se{i}"][c0:c1] = (-torch.linalg.vecdot(q, lq)).cpu().numpy()
-    if not (np.isfinite(out["loss"]).all() and np.isfinite(out["entropy"]).all()):
-        raise FloatingPointError("the model produced non-finite logits")
-    return out
-
-
-def with_fast_reduce(fn):
-    """Run ``fn`` with measure.window_losses._reduce replaced by :func:`reduce_fast`."""
-    import genbound_assets.measure.window_losses as WL
-
-    orig = WL._reduce
-    WL._reduce = reduce_fast
-    try:
-        return fn()
-    finally:
-        WL._reduce = orig
-
-
 def run_preset(name: str, repeats: int, peak: float) -> dict:
     from genbound_assets.data.order import IGNORE
     from genbound_assets.measure.token_losses import token_losses
@@ -161,17 +108,11 @@ def run_preset(name: str, repeats: int, peak: float) -> dict:
                 (-(logp.exp() * logp).sum(-1))
 
     def ours():
-        return window_losses(model, order, windows, alphas=(0.1,), batch_size=B)
+        return window_losses(model, order, windows, alphas=(0.1,), batch_size=B, entropy=False)
 
-    ref, fast = ours(), with_fast_reduce(ours)
-    fast_diff = max(float(np.abs(ref.loss - fast.loss).max()),
-                    float(np.abs(ref.entropy - fast.entropy).max()),
-                    float(np.abs(ref.smoothed_loss[0.1] - fast.smoothed_loss[0.1]).max()),
-                    float(np.abs(ref.smoothed_entropy[0.1] - fast.smoothed_entropy[0.1]).max()))
     fns = {
         "window": ours,
-        "window_fastreduce": lambda: with_fast_reduce(ours),
-        "window_noalpha": lambda: window_losses(model, order, windows, batch_size=B),
+        "window_noalpha": lambda: window_losses(model, order, windows, batch_size=B, entropy=False),
         "bare": bare,
         "bare_f32": bare_f32,
         "per_pair": lambda: token_losses(model, stream, pairs, T, alphas=(0.1,), batch_size=B),
@@ -182,9 +123,8 @@ def run_preset(name: str, repeats: int, peak: float) -> dict:
     flops_window = 2 * (n_params - n_embed_in) * T + 2 * p["layers"] * p["hidden"] * T * T
     flops = flops_window * len(windows)
     out = {"preset": name, **p, "n_params": n_params, "n_targets": n_targets,
-           "n_pairs": int(len(pairs)), "model_flops": flops, "seconds": t,
-           "fastreduce_max_abs_diff": fast_diff}
-    for k in ("window", "window_fastreduce", "window_noalpha", "bare", "bare_f32"):
+           "n_pairs": int(len(pairs)), "model_flops": flops, "seconds": t}
+    for k in ("window", "window_noalpha", "bare", "bare_f32"):
         s = t[k]["median"]
         out[f"{k}_tokens_per_s"] = n_targets / s
         out[f"{k}_tokens_per_cpu_s"] = n_targets / t[k]["cpu_median"]
@@ -192,7 +132,7 @@ def run_preset(name: str, repeats: int, peak: float) -> dict:
         out[f"{k}_peak_fraction"] = flops / s / peak
     out["per_pair_tokens_per_s"] = len(pairs) / t["per_pair"]["median"]
     out["per_pair_tokens_per_cpu_s"] = len(pairs) / t["per_pair"]["cpu_median"]
-    for k in ("window", "window_fastreduce", "window_noalpha"):
+    for k in ("window", "window_noalpha"):
         out[f"ratio_{k}_vs_bare"] = out[f"{k}_tokens_per_s"] / out["bare_tokens_per_s"]
         out[f"ratio_{k}_vs_bare_cpu"] = out[f"{k}_tokens_per_cpu_s"] / out["bare_tokens_per_cpu_s"]
     out["ratio_window_vs_per_pair"] = out["window_tokens_per_s"] / out["per_pair_tokens_per_s"]
@@ -216,10 +156,10 @@ def main(argv=None) -> dict:
         heads.append(C.headline(f"window_losses / bare forward, tokens/s ({pr}; wall, cpu)",
                                 f"{r['ratio_window_vs_bare']:.2f}, {r['ratio_window_vs_bare_cpu']:.2f}",
                                 "x", ">= 0.9", r["ratio_window_vs_bare_cpu"] >= 0.9))
-        heads.append(C.headline(f"same with the proposed reduction (bench reduce_fast; {pr})",
-                                f"{r['ratio_window_fastreduce_vs_bare']:.2f}, "
-                                f"{r['ratio_window_fastreduce_vs_bare_cpu']:.2f}", "x", ">= 0.9",
-                                r["ratio_window_fastreduce_vs_bare_cpu"] >= 0.9))
+        heads.append(C.headline(f"window_losses without smoothing (the float h pass) / bare ({pr})",
+                                f"{r['ratio_window_noalpha_vs_bare']:.2f}, "
+                                f"{r['ratio_window_noalpha_vs_bare_cpu']:.2f}", "x", ">= 0.9",
+                                r["ratio_window_noalpha_vs_bare_cpu"] >= 0.9))
         heads.append(C.headline(f"window_losses, model FLOP/s / matmul peak ({pr}; bare forward)",
                                 f"{r['window_peak_fraction']:.3f} ({r['bare_peak_fraction']:.3f})",
                                 "fraction"))
@@ -227,11 +167,10 @@ def main(argv=None) -> dict:
                                 f"{r['ratio_window_vs_per_pair']:.1f}, {r['ratio_window_vs_per_pair_cpu']:.1f}",
                                 "x", "> 1 (issue #10)", r["ratio_window_vs_per_pair_cpu"] > 1))
     table = C.fmt_table(
-        ["preset", "targets", "window tok/s", "fast-reduce tok/s", "no-alpha tok/s", "bare tok/s",
+        ["preset", "targets", "window tok/s", "no-alpha tok/s", "bare tok/s",
          "bare+f32 tok/s", "per-pair tok/s", "window/bare (cpu)", "window/per-pair (cpu)",
          "FLOP/s frac (window, bare)"],
-        [[r["preset"], r["n_targets"], r["window_tokens_per_s"], r["window_fastreduce_tokens_per_s"],
-          r["window_noalpha_tokens_per_s"], r["bare_tokens_per_s"], r["bare_f32_tokens_per_s"],
+        [[r["preset"], r["n_targets"], r["window_tokens_per_s"], r["window_noalpha_tokens_per_s"], r["bare_tokens_per_s"], r["bare_f32_tokens_per_s"],
           r["per_pair_tokens_per_s"],
           f"{r['ratio_window_vs_bare']:.2f} ({r['ratio_window_vs_bare_cpu']:.2f})",
           f"{r['ratio_window_vs_per_pair']:.1f} ({r['ratio_window_vs_per_pair_cpu']:.1f})",

@@ -49,11 +49,11 @@ def checkpoint_loss_rows(model, order: WindowOrder, step: int, tokens_seen: int,
     rows = []
     nxt = curve_windows(order, step, max_w, seed)
     if len(nxt):
-        r = window_losses(model, order, nxt, batch_size=batch_size)
+        r = window_losses(model, order, nxt, batch_size=batch_size, entropy=False)
         rows.append({"step": int(step), "tokens_seen": int(tokens_seen), "eval_kind": NEXT_TOKENS,
                      "n_tokens": len(r), "mean_loss": float(r.loss.mean())})
     held = held_windows(order, max_w)
-    r = window_losses(model, order, held, batch_size=batch_size)
+    r = window_losses(model, order, held, batch_size=batch_size, entropy=False)
     rows.append({"step": int(step), "tokens_seen": int(tokens_seen), "eval_kind": HELD_SAMPLE,
                  "n_tokens": len(r), "mean_loss": float(r.loss.mean())})
     return rows

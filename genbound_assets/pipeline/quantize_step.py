@@ -202,7 +202,8 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
     if s.quantize_embeddings and not quant_emb:
         log("  tied input/output embedding: kept at 16 bits (quantize_embeddings applies to "
             "untied embeddings)")
-    float_cal = float(window_losses(model, order, calibration, batch_size=s.batch_size).loss.mean())
+    float_cal = float(window_losses(model, order, calibration, batch_size=s.batch_size,
+                                    entropy=False).loss.mean())
     outcomes: list[ConfigOutcome] = []
     reference = None
     for cfg in s.configs:
@@ -245,7 +246,8 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
             c_ref = freedman_complexity(delta_m, d, s.grid_size, complexity_nats(nominal.bits, 0.0))
             if c_ref < vocab - 1:
                 reference = Reference(cfg, nominal, c_ref, smoothing_alpha(c_ref, vocab))
-        cal = window_losses(q.model, order, calibration, alphas=alphas, batch_size=s.batch_size)
+        cal = window_losses(q.model, order, calibration, alphas=alphas, batch_size=s.batch_size,
+                            entropy=False)
         out.calibration_loss = float(cal.loss.mean())
         gap = out.gap
         if not math.isfinite(out.calibration_loss) or gap > s.max_gap_nats:
