@@ -113,7 +113,10 @@ def evaluation_design(order: WindowOrder, step: int, uniforms: np.ndarray, *,
     need = sample_uniforms_needed(0 if d <= exact_max_targets else n_windows, n_reference_pairs)
     if len(u) < need:
         raise ValueError(f"the stored token sample holds {len(u)} uniforms; this design needs {need}")
-    ref_w, ref_c = sampled_targets(order, w, cal, u[:n_reference_pairs])
+    if n_reference_pairs > 0:
+        ref_w, ref_c = sampled_targets(order, w, cal, u[:n_reference_pairs])
+    else:   # no paper-recipe row at this checkpoint
+        ref_w = ref_c = np.zeros(0, dtype=np.int64)
     if d <= exact_max_targets:
         return Design("exact", w, d, cal, np.arange(w, dtype=np.int64), 0,
                       np.zeros(0, dtype=np.int64), ref_w, ref_c)

@@ -95,6 +95,7 @@ class CertifySettings:
     exact_max_targets: int = 3_000_000 # evaluate every training target when D <= this
     n_windows: int = 2_000             # sampled design: windows drawn (prob. proportional to targets)
     n_reference_pairs: int = 10_000    # the paper recipe's single-target sample (m = 10^4)
+    reference_at: str = "compute_optimal"  # where the paper-recipe row is computed: compute_optimal | all
     sample_seed: int = 0
     # -- loss curve (eq. 5 inputs)
     curve_tokens: int = 4_096          # targets scored per checkpoint for the loss curve
@@ -132,6 +133,8 @@ class CertifySettings:
             raise ValueError("quant_grid is empty")
         if len(set(self.quant_grid)) != len(self.quant_grid):
             raise ValueError("quant_grid lists a configuration twice")
+        if self.reference_at not in ("compute_optimal", "all"):
+            raise ValueError(f"reference_at must be compute_optimal or all, got {self.reference_at!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if not (math.isfinite(self.max_gap_nats) and self.max_gap_nats > 0):

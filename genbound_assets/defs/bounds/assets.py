@@ -185,12 +185,16 @@ def build(parts: FamilyParts) -> list:
                 refrow = refrow.row(0, named=True) if refrow.height else None
                 h = family.source.load_model(model, ref.step, **s.load_kwargs())
                 hq = _load_hq(crow, h)
+                with_ref = refrow is not None and (s.reference_at == "all" or ref.step in
+                                                   _compute_optimal_steps(engine, model, s))
+                if not with_ref:
+                    refrow = None
                 same = refrow is not None and refrow["artifact_path"] == crow["artifact_path"]
                 hq_ref = hq if same else (_load_hq(refrow, h) if refrow else None)
                 design = evaluation_design(
                     family.order, ref.step, u, n_calibration_windows=s.n_calibration_windows,
                     calibration_seed=s.calibration_seed, exact_max_targets=s.exact_max_targets,
-                    n_windows=s.n_windows, n_reference_pairs=s.n_reference_pairs)
+                    n_windows=s.n_windows, n_reference_pairs=s.n_reference_pairs if with_ref else 0)
                 log = DagsterLog(context, f"{model}@{ref.step}: ")
                 log(f"{design.kind} design: {len(design.windows) + len(design.exact_windows)} windows, "
                     f"D = {design.n_train_tokens:,}")
@@ -269,6 +273,17 @@ def build(parts: FamilyParts) -> list:
                                                metadata={"problems": dg.MetadataValue.json(problems)})])
 
     return [quantized_model, token_losses, checkpoint_bounds]
+
+
+def _compute_optimal_steps(engine, model: str, s) -> set[int]:
+    """The model's compute-optimal checkpoint(s) among its intact ones (the D* checkpoint, or the
+    bracket when none is within 5 % of D*), where the paper-recipe row is computed."""
+    from genbound_assets.families.inventory import selected_steps
+
+    d = read_frame(engine, "SELECT step, n_train_tokens FROM checkpoints WHERE model = :m AND status = 'ok'",
+                   {"m": model})
+    d_by_step = {int(a): int(b or 0) for a, b in d.iter_rows()}
+    return selected_steps(_n_params(engine, model), d_by_step, "compute_optimal", s.tokens_per_param)
 
 
 def _n_params(engine, model: str) -> int:
