@@ -98,6 +98,13 @@ def start_embedded(root: Path | str | None = None) -> str:
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
         import pgserver
     try:
+        # pgserver keeps one handle per data dir per process and returns it without checking
+        # that its server still runs: after a stop (genbound stop-db, a crash, a restart) this
+        # process would get a dead server's URL forever.  Start the server of a stale handle.
+        stale = pgserver.postgres_server.PostgresServer._instances.get(pg.resolve())
+        if stale is not None and embedded_pid(pg.parent) is None:
+            with stale._lock:
+                stale.ensure_postgres_running()
         server = pgserver.get_server(pg, cleanup_mode=None)
     except Exception as e:  # initdb/pg_ctl failures: point at the log
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -24,6 +24,7 @@ from genbound_assets import deploy
 from genbound_assets.defs.checkpoints.assets import BATCHED, _refs, _statuses
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
+from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
 from genbound_assets.defs.families.runtime import DagsterLog, partitions_by_model
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.families.inventory import train_tokens
@@ -105,6 +106,7 @@ def build(parts: FamilyParts) -> list:
     qkey, lkey, bkey = parts.key("quantized_model"), parts.key("token_losses"), parts.key("checkpoint_bounds")
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=qkey, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[parts.key("checkpoint")], kinds={"pytorch", "postgres"},
         pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
@@ -115,6 +117,7 @@ def build(parts: FamilyParts) -> list:
         description="Quantizes each checkpoint at every configuration of the declared grid (and "
         "the paper-recipe reference) on its calibration windows; records stored/lzma/entropy code "
         "lengths and the choice, priced log|grid| + log #codes; h_q artifacts under the data dir.")
+    @retry_transient
     def quantized_model(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
         engine, s = postgres.get_engine(), genbound.settings(parts.spec)
@@ -156,6 +159,7 @@ def build(parts: FamilyParts) -> list:
                                                metadata={"problems": dg.MetadataValue.json(problems)})])
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=lkey, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[qkey], kinds={"pytorch", "postgres"},
         pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
@@ -165,6 +169,7 @@ def build(parts: FamilyParts) -> list:
         description="Per-target losses and entropies of h, h_q and smoothed h_q on the bound's "
         "data: every training target when D <= exact_max_targets, else sampled windows; plus the "
         "paper recipe's single-target pairs.")
+    @retry_transient
     def token_losses(context: dg.AssetExecutionContext, postgres: PostgresResource,
                      genbound: GenboundResource) -> dg.MaterializeResult:
         from genbound_assets.pipeline.design import sample_uniforms_needed
@@ -223,6 +228,7 @@ def build(parts: FamilyParts) -> list:
                                                metadata={"problems": dg.MetadataValue.json(problems)})])
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=bkey, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[lkey], kinds={"postgres"}, metadata={"genbound/writes": ["bounds"]},
         check_specs=[dg.AssetCheckSpec("certified_bounds_sane", asset=bkey, blocking=True, description=
@@ -231,6 +237,7 @@ def build(parts: FamilyParts) -> list:
         description="Every certificate of each checkpoint from its stored token losses and code "
         "length (no model is loaded): the headline bound, Thm 3.4 decomposed and Azuma "
         "diagnostics, and the paper's recipe as a reference row (not certified).")
+    @retry_transient
     def checkpoint_bounds(context: dg.AssetExecutionContext, postgres: PostgresResource,
                           genbound: GenboundResource) -> dg.MaterializeResult:
         engine, s = postgres.get_engine(), genbound.settings(parts.spec)

@@ -12,6 +12,7 @@ import dagster as dg
 from genbound_assets import deploy
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
+from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
 from genbound_assets.defs.families.runtime import partitions_by_model
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.families.integrity import check_checkpoint
@@ -43,6 +44,7 @@ def build(parts: FamilyParts) -> list:
     ckpt_key, loss_key = parts.key("checkpoint"), parts.key("checkpoint_loss")
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=ckpt_key, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         kinds={"postgres"}, metadata={"genbound/writes": ["models", "checkpoints"]},
         check_specs=[dg.AssetCheckSpec("integrity_clean", asset=ckpt_key, description=
@@ -50,6 +52,7 @@ def build(parts: FamilyParts) -> list:
                      "finite weights, no duplicate of another step)")],
         description="Inventory of each checkpoint: tokens seen, D (targets trained on), weight "
         "fingerprint, integrity status and the reason of a quarantine.")
+    @retry_transient
     def checkpoint(context: dg.AssetExecutionContext, postgres: PostgresResource,
                    genbound: GenboundResource) -> dg.MaterializeResult:
         engine = postgres.get_engine()
@@ -77,12 +80,14 @@ def build(parts: FamilyParts) -> list:
                 metadata={"quarantined": dg.MetadataValue.json(quarantined)})])
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=loss_key, partitions_def=parts.checkpoint, group_name=fam, backfill_policy=BATCHED,
         deps=[ckpt_key], kinds={"pytorch", "postgres"},
         pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
         metadata={"genbound/writes": ["checkpoint_losses"]},
         description="Loss-curve point of each checkpoint: mean loss on the next update's windows "
         "(not yet trained on: the eq. 5 input) and on a fixed held sample of windows.")
+    @retry_transient
     def checkpoint_loss(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
         engine = postgres.get_engine()

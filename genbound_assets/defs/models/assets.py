@@ -20,6 +20,7 @@ import torch
 from genbound_assets import deploy
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
+from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
 from genbound_assets.defs.sql.figures import MODEL_FIGURES, figure_metadata
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.measure.hessian import hessian_spectrum as slq_spectrum
@@ -60,10 +61,11 @@ def build(parts: FamilyParts) -> list:
     def dep(name):
         return dg.AssetDep(parts.key(name), partition_mapping=mp)
 
-    @dg.asset(key=parts.key("loss_curve"), partitions_def=parts.model, group_name=fam,
+    @dg.asset(retry_policy=POSTGRES_RETRY, key=parts.key("loss_curve"), partitions_def=parts.model, group_name=fam,
               deps=[dep("checkpoint_loss")], automation_condition=AUTO, kinds={"postgres"},
               description="The model's loss curve: next-update loss (eq. 5 input) and held-sample "
               "loss against tokens seen.")
+    @retry_transient
     def loss_curve(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
         model = context.partition_key
         df = read_frame(postgres.get_engine(), "SELECT step, tokens_seen, eval_kind, mean_loss "
@@ -74,11 +76,12 @@ def build(parts: FamilyParts) -> list:
             **figure_metadata(postgres.get_engine(), [model],
                               (("loss_curves", "loss curve against tokens seen"),), log=context.log)})
 
-    @dg.asset(key=parts.key("compute_optimal"), partitions_def=parts.model, group_name=fam,
+    @dg.asset(retry_policy=POSTGRES_RETRY, key=parts.key("compute_optimal"), partitions_def=parts.model, group_name=fam,
               deps=[dep("checkpoint_bounds"), dep("checkpoint")], automation_condition=AUTO,
               kinds={"postgres"}, metadata={"genbound/writes": ["compute_optimal", "bounds"]},
               description="The compute-optimal checkpoint (D* = 20 N, Sec. 2.2) among the bounded "
               "ones, or rows interpolated in N/D between its bracket (certified = false).")
+    @retry_transient
     def compute_optimal(context: dg.AssetExecutionContext, postgres: PostgresResource,
                         genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
@@ -93,11 +96,12 @@ def build(parts: FamilyParts) -> list:
             "step": row.get("step"), "certified": row["certified"], "d_star": row["d_star"],
             "n_interpolated_rows": len(interp), "note": row.get("note", "")})
 
-    @dg.asset(key=parts.key("prequential_complexity"), partitions_def=parts.model, group_name=fam,
+    @dg.asset(retry_policy=POSTGRES_RETRY, key=parts.key("prequential_complexity"), partitions_def=parts.model, group_name=fam,
               deps=[dep("checkpoint_loss"), dep("token_losses")], automation_condition=AUTO,
               kinds={"postgres"}, metadata={"genbound/writes": ["bounds"]},
               description="Eq. 5: K(h) from the area under the next-update loss curve, at each "
               "bounded checkpoint (an estimate: certified = false).")
+    @retry_transient
     def prequential_complexity(context: dg.AssetExecutionContext, postgres: PostgresResource,
                                genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
@@ -118,13 +122,14 @@ def build(parts: FamilyParts) -> list:
             "bits_per_param": dg.MetadataValue.json(
                 {r["step"]: round(r["code_length_bits"] / n, 3) for r in rows})})
 
-    @dg.asset(key=parts.key("hessian_spectrum"), partitions_def=parts.model, group_name=fam,
+    @dg.asset(retry_policy=POSTGRES_RETRY, key=parts.key("hessian_spectrum"), partitions_def=parts.model, group_name=fam,
               deps=[parts.key("compute_optimal")], automation_condition=AUTO,
               kinds={"pytorch", "postgres"}, metadata={"genbound/writes": ["hessian_spectra"]},
               pool=deploy.GPU_POOL, op_tags=deploy.gpu_op_tags(),
               description="SLQ spectral density and Tr(H^1/2) of the training-NLL Hessian at the "
               "compute-optimal checkpoint (App. B), with the bits that suffice for the measured "
               "quantization gap (an estimate).")
+    @retry_transient
     def hessian_spectrum(context: dg.AssetExecutionContext, postgres: PostgresResource,
                          genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
@@ -156,13 +161,14 @@ def build(parts: FamilyParts) -> list:
             **figure_metadata(engine, [model], (("hessian_spectra", "SLQ spectral density (Fig. 4)"),),
                               log=context.log)})
 
-    @dg.asset(key=parts.key("model_bounds"), partitions_def=parts.model, group_name=fam,
+    @dg.asset(retry_policy=POSTGRES_RETRY, key=parts.key("model_bounds"), partitions_def=parts.model, group_name=fam,
               deps=[parts.key("compute_optimal"), dep("checkpoint_bounds"),
                     parts.key("prequential_complexity"), parts.key("loss_curve")],
               automation_condition=AUTO, kinds={"postgres"},
               description="The model's bounds at a glance: the headline at the compute-optimal "
               "checkpoint with its Thm 3.4 breakdown (Fig. 2 right) and every bounded checkpoint's "
               "headline, diagnostics and paper recipe against tokens seen.")
+    @retry_transient
     def model_bounds(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
         b = read_frame(engine, "SELECT step, method, bound, empirical_risk, random_guess_term, "

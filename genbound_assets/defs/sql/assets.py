@@ -21,6 +21,7 @@ from genbound_assets.storage import (
 )
 from genbound_assets.storage.schema import _SCHEMA_LOCK_KEY
 
+from ..families.retry import POSTGRES_RETRY, retry_transient
 from ..store.resources import PostgresResource
 from .lineage import SQL_VIEW_KEY, sql_key, table_key
 
@@ -123,6 +124,7 @@ def _sql_asset(view: ViewFile, views: dict[str, ViewFile], name: str) -> dg.Asse
         metadata["genbound/error"] = view.error
 
     @dg.asset(
+        retry_policy=POSTGRES_RETRY,
         key=dg.AssetKey(["sql", name]),
         deps=deps,
         group_name="sql",
@@ -131,6 +133,7 @@ def _sql_asset(view: ViewFile, views: dict[str, ViewFile], name: str) -> dg.Asse
         description=_description(view),
         metadata=metadata,
     )
+    @retry_transient
     def _view(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
         return materialize_view(context, postgres.get_engine(), path, reads)
 

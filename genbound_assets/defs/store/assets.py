@@ -6,17 +6,20 @@ resource annotations at definition time and rejects string annotations.
 
 import dagster as dg
 
+from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
 from genbound_assets.storage import create_schema, create_views, table_counts
 
 from .resources import PostgresResource
 
 
 @dg.asset(
+    retry_policy=POSTGRES_RETRY,
     group_name="store",
     kinds={"postgres"},
     description="Creates genbound's tables (idempotent, additive migrations) and (re)creates "
     "the views in dbt_like_sql/; reports each table's row count.",
 )
+@retry_transient
 def store_schema(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     engine = postgres.get_engine()
     changed = create_schema(engine)
