@@ -15,7 +15,7 @@ from .integrity import IntegrityReport, check_checkpoint
 from .sources import CheckpointRef, CheckpointSource
 
 __all__ = ["Found", "ScanResult", "scan_source", "selected_steps", "train_tokens",
-           "checkpoint_record", "model_record"]
+           "checkpoint_record", "model_record", "data_max_token_id", "vocab_problem"]
 
 
 @dataclass(frozen=True)
@@ -135,3 +135,49 @@ def model_record(family, model: str) -> dict:
             "n_params_non_embedding": info.n_params_non_embedding, "vocab_size": info.vocab_size,
             "context_length": info.context_length, "tokens_per_step": info.tokens_per_step,
             "config": {"kind": family.spec.kind}}
+
+
+CHEAP_MAX_ID_TOKENS = 50_000_000   # one pass over at most 400 MB of int64
+
+
+def data_max_token_id(order: WindowOrder) -> int | None:
+    """The largest token id of the training data when the order can tell cheaply: the local
+    suite's stream (in memory), a token array of at most CHEAP_MAX_ID_TOKENS (one cached pass;
+    a user run's array is checked in full when it is registered); None otherwise (Megatron
+    data, e.g. the Pile: its tokenizer is Pythia's by construction)."""
+    stream = getattr(order, "stream", None)
+    if stream is not None and getattr(stream, "tokens", None) is not None:
+        cached = getattr(order, "_genbound_max_id", None)
+        if cached is None:
+            cached = int(stream.tokens.max()) if len(stream.tokens) else -1
+            order._genbound_max_id = cached
+        return cached
+    fn, tokens = getattr(order, "max_token_id", None), getattr(order, "tokens", None)
+    if callable(fn) and tokens is not None and len(tokens) <= CHEAP_MAX_ID_TOKENS:
+        return int(fn())
+    return None
+
+
+def vocab_problem(family, ref: CheckpointRef) -> str | None:
+    """Why a checkpoint cannot read its family's data, or None: a token id of the data >= the
+    vocab_size of the checkpoint's config.json (another tokenizer; the embedding lookup would
+    index out of range)."""
+    import json
+    from pathlib import Path
+
+    top = data_max_token_id(family.order)
+    if top is None:
+        return None
+    folder = family.source.local_dir(ref)
+    cfg = Path(folder) / "config.json" if folder is not None else None
+    try:
+        vocab = int(json.loads(cfg.read_text())["vocab_size"]) if cfg is not None else None
+        where = f"{cfg} vocab_size"
+    except (OSError, ValueError, KeyError, TypeError):
+        vocab = None
+    if vocab is None:
+        vocab, where = family.source.model_info(ref.model).vocab_size, f"{ref.model}'s vocab_size"
+    if top >= vocab:
+        return (f"tokenizer/vocabulary mismatch: the training data holds token id {top:,} but "
+                f"{where} is {vocab:,} (ids must be < vocab_size)")
+    return None

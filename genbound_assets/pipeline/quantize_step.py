@@ -250,7 +250,12 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
                             entropy=False)
         out.calibration_loss = float(cal.loss.mean())
         gap = out.gap
-        if not math.isfinite(out.calibration_loss) or gap > s.max_gap_nats:
+        if not math.isfinite(out.calibration_loss):
+            out.fail(f"quantized model gives a non-finite loss ({out.calibration_loss}) on the "
+                     "calibration windows (NaN/inf weights or scales)")
+            if out.is_reference:
+                reference = None
+        elif gap > s.max_gap_nats:
             out.fail(f"quantization gap {gap:.4g} nats on the calibration windows exceeds "
                      f"max_gap_nats = {s.max_gap_nats:g}")
             if out.is_reference:

@@ -57,10 +57,15 @@ def _save_artifact(q, path: Path) -> str:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file(q.state, str(tmp), metadata=q.metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(q.state, str(tmp), metadata=q.metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:   # disk full, quota, permissions: no half-written file is left
+        tmp.unlink(missing_ok=True)
+        raise dg.Failure(f"cannot write the quantized model artifact {path}: "
+                         f"{getattr(e, 'strerror', None) or e}", allow_retries=False) from e
     return _sha256(path)
 
 
@@ -126,7 +131,7 @@ def build(parts: FamilyParts) -> list:
         status = _statuses(engine, by_model)
         chosen, problems = {}, []
         for model, steps in by_model.items():
-            for ref in _refs(family, model, steps):
+            for ref in _refs(family, model, steps, status):
                 if status.get((model, ref.step)) != "ok":
                     context.log.warning(f"{model} step {ref.step}: skipped (checkpoint not ok)")
                     continue
@@ -183,8 +188,11 @@ def build(parts: FamilyParts) -> list:
                 q = _quant_rows(engine, model, ref.step)
                 chosen = q.filter(pl.col("chosen"))
                 if chosen.height != 1:
-                    raise dg.Failure(f"{model} step {ref.step}: no chosen quantization "
-                                     "(materialize quantized_model first, or it failed)")
+                    why = "; ".join(f"{r['quantizer']}:{r['bits']}:{r['group_size']}: {r['failure_reason']}"
+                                    for r in q.iter_rows(named=True) if r["in_grid"] and r["failure_reason"])
+                    raise dg.Failure(f"{model} step {ref.step}: no chosen quantization ("
+                                     + (f"every configuration failed: {why}" if why else
+                                        "materialize quantized_model first") + ")")
                 crow = chosen.row(0, named=True)
                 refrow = q.filter(pl.col("is_reference") & (pl.col("status") == "ok"))
                 refrow = refrow.row(0, named=True) if refrow.height else None

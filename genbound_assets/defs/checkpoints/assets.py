@@ -7,6 +7,10 @@
 No ``from __future__ import annotations``: Dagster reads the annotations at definition time.
 """
 
+import dataclasses
+import re
+from pathlib import Path
+
 import dagster as dg
 
 from genbound_assets import deploy
@@ -15,8 +19,9 @@ from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
 from genbound_assets.defs.families.runtime import partitions_by_model
 from genbound_assets.defs.store.resources import PostgresResource
-from genbound_assets.families.integrity import check_checkpoint
-from genbound_assets.families.inventory import checkpoint_record, model_record
+from genbound_assets.families.integrity import IntegrityReport, check_checkpoint
+from genbound_assets.families.inventory import checkpoint_record, model_record, vocab_problem
+from genbound_assets.families.sources import CheckpointRef
 from genbound_assets.pipeline.curve import checkpoint_loss_rows
 from genbound_assets.storage import read_frame
 from genbound_assets.storage.records import write_checkpoint_losses, write_checkpoints
@@ -24,13 +29,36 @@ from genbound_assets.storage.records import write_checkpoint_losses, write_check
 BATCHED = dg.BackfillPolicy.single_run()
 
 
-def _refs(family, model: str, steps: list[int]):
+def _refs(family, model: str, steps: list[int], status: dict | None = None):
+    """The refs of ``steps``.  A step that is no longer a complete checkpoint (its folder was
+    removed, or lost its manifest) fails the run naming why -- unless ``status`` (the
+    inventory's) says it is not ok: the callers skip those, so they are left out."""
     refs = {r.step: r for r in family.source.list_checkpoints(model)}
-    missing = [s for s in steps if s not in refs]
+    missing = [s for s in steps if s not in refs and (status is None or status.get((model, s)) == "ok")]
     if missing:
-        raise dg.Failure(f"{family.name}: {model} has no complete checkpoint at step(s) "
-                         f"{missing[:10]} (folder removed or never finished?)")
-    return [refs[s] for s in steps]
+        more = f" (and step(s) {missing[1:10]})" if len(missing) > 1 else ""
+        raise dg.Failure(f"{family.name}: {model} step {missing[0]}: "
+                         f"{_gone_reason(family, model, missing[0])}{more}")
+    return [refs[s] for s in steps if s in refs]
+
+
+def _gone_reason(family, model: str, step: int, folder: bool = False):
+    """Why ``step`` is not a complete checkpoint of ``model`` (any more); with ``folder``,
+    (its half-written folder or '', why)."""
+    for where, reason in family.source.incomplete(model):
+        if re.search(rf"(?:^|[^0-9]){int(step)}$", Path(where).name):
+            return (where, reason) if folder else reason
+    why = "no complete checkpoint at this step (folder removed or never finished?)"
+    return ("", why) if folder else why
+
+
+def _gone(family, model: str, step: int):
+    """A placeholder ref and a quarantine report for a checkpoint that vanished after it was
+    registered: recorded like any quarantine, so the other partitions of the run complete."""
+    info = family.source.model_info(model)
+    where, why = _gone_reason(family, model, step, folder=True)
+    ref = CheckpointRef(model, int(step), int(step) * info.tokens_per_step, where)
+    return ref, IntegrityReport(model, int(step), False, why, None)
 
 
 def _fingerprints(engine, model: str) -> dict[tuple[str, int], str]:
@@ -61,9 +89,19 @@ def build(parts: FamilyParts) -> list:
         for model, steps in partitions_by_model(context).items():
             known = _fingerprints(engine, model)
             rows = []
-            for ref in _refs(family, model, steps):
+            present = {r.step: r for r in _refs(family, model, steps, status={})}
+            for step in steps:
+                if step not in present:
+                    ref, rep = _gone(family, model, step)
+                    rows.append(checkpoint_record(family, ref, rep))
+                    quarantined[f"{model}@{step}"] = rep.reason
+                    context.log.warning(f"{model} step {step} quarantined: {rep.reason}")
+                    continue
+                ref = present[step]
                 known.pop((model, ref.step), None)   # a rerun is not its own duplicate
                 rep = check_checkpoint(ref, family.source, known)
+                if rep.ok and (why := vocab_problem(family, ref)):
+                    rep = dataclasses.replace(rep, ok=False, reason=why)
                 if rep.fingerprint:
                     known[(model, ref.step)] = rep.fingerprint
                 rows.append(checkpoint_record(family, ref, rep))
@@ -97,7 +135,7 @@ def build(parts: FamilyParts) -> list:
         points = []
         for model, steps in partitions_by_model(context).items():
             rows = []
-            for ref in _refs(family, model, steps):
+            for ref in _refs(family, model, steps, status):
                 if status.get((model, ref.step)) != "ok":
                     context.log.warning(f"{model} step {ref.step}: not scored ("
                                         f"{status.get((model, ref.step), 'no inventory row')})")
