@@ -52,7 +52,28 @@ def store_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Usage errors (an unknown command or option, a bad option value) as one line on stderr,
+    like every other genbound error, instead of click's usage block; exit status unchanged (2)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "genbound"
+            click.echo(f"genbound: error: {' '.join(e.format_message().split())} "
+                       f"(see `{where} --help`)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            _fail(" ".join(e.format_message().split()), e.exit_code)
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """genbound: provable token-level generalization bounds for LLM checkpoint families.
 
@@ -227,6 +248,14 @@ def demo(ctx: click.Context, corpus: str, quick: bool) -> None:
     """
     import time
 
+    from genbound_assets.families.registry import load_families
+    from genbound_assets.pipeline.settings import CertifySettings
+
+    try:  # refuse bad settings or a bad registry before training or writing anything
+        CertifySettings.from_env()
+        load_families()
+    except ValueError as e:
+        _fail(" ".join(str(e).split()))
     t0 = time.perf_counter()
     engine = storage.get_engine()
     click.echo(f"demo: store at {storage.describe_url(engine.url.render_as_string(False))}")

@@ -111,6 +111,9 @@ def load_families(path: str | os.PathLike | None = None) -> list[FamilySpec]:
         unknown = set(item) - {f for f in FamilySpec.__dataclass_fields__}
         if unknown:
             raise ValueError(f"family registry {p}: entry {i} has unknown field(s) {sorted(unknown)}")
+        lacking = [f for f in ("name", "kind", "checkpoints") if f not in item]
+        if lacking:
+            raise ValueError(f"family registry {p}: entry {i} lacks field(s) {lacking}")
         try:
             specs.append(FamilySpec(**item))
         except TypeError as e:

@@ -26,6 +26,7 @@ QUANTIZERS = ("gptq", "rtn")
 SUPPORTED_BITS = (2, 3, 4, 8)          # what measure/quantize.py packs
 SELECTIONS = ("compute_optimal", "all", "none")
 _CONFIG_RE = re.compile(r"^(gptq|rtn):(\d+):(-1|\d+)$")
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True, order=True)
@@ -122,7 +123,8 @@ class CertifySettings:
                      "slq_batch_tokens", "batch_size"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < (0 if name == "exact_max_targets" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {x!r}")
+                what = "a non-negative" if name == "exact_max_targets" else "a positive"
+                raise ValueError(f"{name} must be {what} integer, got {x!r}")
         if self.n_windows < 4:
             raise ValueError(f"n_windows must be >= 4 (the sample is split in two), got {self.n_windows}")
         for name in ("calibration_seed", "sample_seed", "slq_seed"):
@@ -143,6 +145,8 @@ class CertifySettings:
             raise ValueError(f"tokens_per_param must be > 0, got {self.tokens_per_param!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not (isinstance(self.device, str) and _DEVICE_RE.match(self.device)):
+            raise ValueError(f"device must be cpu, cuda, cuda:<index> or mps, got {self.device!r}")
 
     @property
     def torch_dtype(self):
@@ -179,7 +183,10 @@ class CertifySettings:
         then ``overrides``.  A malformed variable is refused with one line naming it."""
         env = os.environ if environ is None else environ
         name = profile or env.get("GENBOUND_PROFILE", "").strip() or "demo"
-        base = settings_for_profile(name)
+        try:
+            base = settings_for_profile(name)
+        except ValueError as e:
+            raise ValueError(f"GENBOUND_PROFILE: {e}" if not profile else str(e)) from None
         changes: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             var = f"GENBOUND_{f.name.upper()}"
@@ -206,8 +213,10 @@ def _parse_field(f: dataclasses.Field, raw: str):
     if f.name == "quant_grid":
         return parse_quant_grid(raw)
     if f.name == "reference_config":
-        (cfg,) = parse_quant_grid(raw)
-        return cfg
+        cfgs = parse_quant_grid(raw)
+        if len(cfgs) != 1:
+            raise ValueError("expected one configuration, e.g. gptq:4:16")
+        return cfgs[0]
     default = f.default
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):

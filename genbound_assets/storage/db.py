@@ -93,7 +93,11 @@ def start_embedded(root: Path | str | None = None) -> str:
     stopped when this process exits (``cleanup_mode=None``): use :func:`stop_embedded`.
     """
     pg = embedded_pg_dir(root)
-    pg.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pg.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data directory {pg.parent} ({DATA_DIR_ENV}): "
+                         f"{e.strerror or e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
         import pgserver

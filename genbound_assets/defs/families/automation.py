@@ -33,16 +33,32 @@ TARGET = dg.AssetSelection.all() - dg.AssetSelection.key_prefixes([TABLE_PREFIX]
 
 LOG = logging.getLogger("genbound.sensor")
 
-MAX_PER_TICK = int(os.environ.get("GENBOUND_SENSOR_MAX_PER_TICK", "200") or 200)
-INTERVAL_S = int(os.environ.get("GENBOUND_SENSOR_INTERVAL_S", "60") or 60)
+def _env_positive(name: str, default, cast=int):
+    """A positive number from ``$name`` (unset or empty: ``default``); one line if malformed."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = cast(raw.replace("_", "")) if raw else default
+    except ValueError:
+        value = 0
+    if not value > 0:   # also NaN
+        kind = "integer" if cast is int else "number"
+        raise ValueError(f"{name}={raw!r}: expected a positive {kind}")
+    return value
+
+
+MAX_PER_TICK = _env_positive("GENBOUND_SENSOR_MAX_PER_TICK", 200)
+INTERVAL_S = _env_positive("GENBOUND_SENSOR_INTERVAL_S", 60)
 # integrity checks hash the weights (tens of seconds for a 12B checkpoint); a tick that outlives
 # Dagster's sensor timeout (60 s) saves no cursor, so no new check starts after this many seconds
-TICK_BUDGET_S = float(os.environ.get("GENBOUND_SENSOR_TICK_BUDGET_S", "30") or 30)
+TICK_BUDGET_S = _env_positive("GENBOUND_SENSOR_TICK_BUDGET_S", 30.0, float)
+_ON, _OFF = ("1", "on", "true", "yes", "running"), ("0", "off", "false", "no", "stopped")
 
 
 def _status(default: str) -> dg.DefaultSensorStatus:
-    on = os.environ.get("GENBOUND_AUTOMATION", default).strip().lower() in ("1", "on", "true", "running")
-    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
+    raw = os.environ.get("GENBOUND_AUTOMATION", "").strip().lower() or default
+    if raw not in _ON + _OFF:
+        raise ValueError(f"GENBOUND_AUTOMATION={raw!r}: expected on or off")
+    return dg.DefaultSensorStatus.RUNNING if raw in _ON else dg.DefaultSensorStatus.STOPPED
 
 
 def checkpoint_job_name(family: str) -> str:
