@@ -246,9 +246,13 @@ def quantize_checkpoint(model: torch.nn.Module, order: WindowOrder, calibration:
             c_ref = freedman_complexity(delta_m, d, s.grid_size, complexity_nats(nominal.bits, 0.0))
             if c_ref < vocab - 1:
                 reference = Reference(cfg, nominal, c_ref, smoothing_alpha(c_ref, vocab))
-        cal = window_losses(q.model, order, calibration, alphas=alphas, batch_size=s.batch_size,
-                            entropy=False)
-        out.calibration_loss = float(cal.loss.mean())
+        try:
+            cal = window_losses(q.model, order, calibration, alphas=alphas, batch_size=s.batch_size,
+                                entropy=False)
+            out.calibration_loss = float(cal.loss.mean())
+        except FloatingPointError as e:   # NaN/inf weights or scales give non-finite logits
+            out.calibration_loss = math.nan
+            log(f"  {cfg}: {e}")
         gap = out.gap
         if not math.isfinite(out.calibration_loss):
             out.fail(f"quantized model gives a non-finite loss ({out.calibration_loss}) on the "
