@@ -40,12 +40,14 @@ _PID = re.compile(r"\.tmp-\d+-")
 
 
 def normalize(text: str, **places: str | os.PathLike) -> str:
-    """One line; each ``places`` path replaced by ``<name>`` (longest first), sha256 hex
+    """One line; each ``places`` path (also URL-encoded) replaced by ``<name>`` (longest first), sha256 hex
     digests by ``<sha256>``, temp-file pids by ``<pid>``."""
+    from urllib.parse import quote
+
     out = " ".join(str(text).split())
     for name, path in sorted(places.items(), key=lambda kv: -len(str(kv[1]))):
-        if path:
-            out = out.replace(str(path), f"<{name}>")
+        if path:   # as written, and URL-encoded (a socket dir in a database URL)
+            out = out.replace(str(path), f"<{name}>").replace(quote(str(path), safe=""), f"<{name}>")
     out = _HEX.sub("<sha256>", out)
     return _PID.sub(".tmp-<pid>-", out)
 

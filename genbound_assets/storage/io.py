@@ -167,11 +167,28 @@ def copy_frame(conn: Connection, table: str | Table, frame: pl.DataFrame) -> int
             buf.seek(0)
             cursor.copy_expert(sql, buf)
     except psycopg2.Error as e:
-        # the same exception classes as any SQLAlchemy statement (IntegrityError, DataError, ...)
-        raise sa.exc.DBAPIError.instance(sql, None, e, psycopg2.Error) from e
+        # the same exception classes as any SQLAlchemy statement (IntegrityError, DataError, ...);
+        # a lost connection is invalidated as SQLAlchemy does for its own statements, so the
+        # caller's rollback does not replace this error with "connection already closed"
+        dead = conn.dialect.is_disconnect(e, conn.connection.dbapi_connection, cursor)
+        if dead:
+            conn.invalidate(e)
+        raise sa.exc.DBAPIError.instance(sql, None, e, psycopg2.Error,
+                                         connection_invalidated=dead) from e
     finally:
-        cursor.close()
+        _close(cursor)
     return df.height
+
+
+def _close(cursor) -> None:
+    """Close a cursor; on a connection the server dropped, closing raises "connection already
+    closed", which must not replace the error that says what happened."""
+    import psycopg2
+
+    try:
+        cursor.close()
+    except psycopg2.InterfaceError:
+        pass
 
 
 def replace_partition(
@@ -313,7 +330,7 @@ def _read_copy(conn: Connection, sql: str, params: dict[str, Any]) -> pl.DataFra
         conn.exec_driver_sql("ROLLBACK TO SAVEPOINT genbound_read")
         conn.exec_driver_sql("RELEASE SAVEPOINT genbound_read")
     finally:
-        cursor.close()
+        _close(cursor)
     if not desc:
         return pl.DataFrame()
     text_cols = {16, 1082, 1114, 1184}
