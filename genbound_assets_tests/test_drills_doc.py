@@ -25,7 +25,7 @@ _lock = threading.Lock()
 # key -> header of each table the tests own
 TABLES = {
     "drills": ["drill", "fault", "assets run", "outcome", "message (normalized)"],
-    "bad-inputs": ["#", "door", "input", "exit", "message (normalized)"],
+    "bad-inputs": ["case", "door", "input", "exit", "message (normalized)"],
 }
 
 # every key each table must hold (filled by the test modules at import)

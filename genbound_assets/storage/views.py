@@ -381,6 +381,10 @@ def create_views_report(engine: Engine, folder: Path | str | None = None) -> Vie
     report = ViewsReport()
     folder_path = Path(folder) if folder is not None else sql_dir()
     if folder is None and not folder_path.is_dir():
+        if os.environ.get(SQL_DIR_ENV, "").strip():   # a typo must not silently drop the views
+            from .db import StoreError
+
+            raise StoreError(f"{SQL_DIR_ENV}={folder_path}: no such folder")
         return report
     views = load_view_files(folder_path)
     by_name = {v.name: v for v in views}
