@@ -62,6 +62,9 @@ class OneLineErrors(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
+            if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                e.show()              # `genbound` or `genbound family` alone: the help, as before
+                sys.exit(e.exit_code)
             where = e.ctx.command_path if e.ctx is not None else "genbound"
             click.echo(f"genbound: error: {' '.join(e.format_message().split())} "
                        f"(see `{where} --help`)", err=True)

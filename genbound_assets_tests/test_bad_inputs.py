@@ -319,3 +319,15 @@ def test_the_installed_entry_point_prints_one_line(tmp_path):
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines() == ["genbound: error: GENBOUND_DELTA='abc': expected a number"]
+
+
+def test_a_bare_group_still_prints_its_help():
+    """Not bad input: ``genbound`` or ``genbound family`` alone shows the help (click's usage
+    block), and --help exits 0."""
+    from genbound_assets.cli import main
+
+    for args in ([], ["family"]):
+        r = CliRunner().invoke(main, args, prog_name="genbound")
+        assert r.exit_code == 2 and "Commands:" in r.output and "genbound: error" not in r.output
+    r = CliRunner().invoke(main, ["sql", "--help"], prog_name="genbound")
+    assert r.exit_code == 0 and "Usage: genbound sql" in r.output

@@ -31,8 +31,6 @@ from genbound_assets.storage import read_frame, table_counts
 from genbound_assets_tests.micro import FAMILY, micro_env
 from genbound_assets_tests.test_drills_doc import DRILL_KEYS, check_row, normalize
 
-pytestmark = pytest.mark.slow
-
 KEEP = (32, 64, 65, 116)          # steps copied per model (one shared step grid)
 FAULT = 64                        # the damaged step
 CKPT = ("checkpoint", "checkpoint_loss")
@@ -390,6 +388,7 @@ def _chain_rows(d: Drill, model, step) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 def test_artifact_write_failing_leaves_previous_rows_and_no_file(drill, monkeypatch):
     d = drill
     d.register()
@@ -445,6 +444,7 @@ def test_artifact_write_failing_leaves_previous_rows_and_no_file(drill, monkeypa
          "artifacts unchanged, no temp file; m-a completes; rerun after fix ok", msg, d)
 
 
+@pytest.mark.slow
 def test_quantization_producing_nan_fails_the_partition_with_the_cause(drill, monkeypatch):
     d = drill
     d.register()
