@@ -283,6 +283,9 @@ def test_connection_errors_are_transient_and_bad_input_is_not(own_pg):
     assert retry.is_transient(psycopg2.InterfaceError("connection already closed"))
     inv = sa.exc.DBAPIError("SELECT 1", None, ValueError("x"), connection_invalidated=True)
     assert retry.is_transient(inv)
+    assert retry.is_transient(sa.exc.OperationalError("SELECT 1", None, OSError("reset by peer")))
+    auth = psycopg2.OperationalError('FATAL:  password authentication failed for user "x"')
+    assert not retry.is_transient(sa.exc.OperationalError("SELECT 1", None, auth))
     assert not retry.is_transient(ValueError("GENBOUND_DELTA='abc': expected a number"))
     assert not retry.is_transient(psycopg2.IntegrityError("duplicate key"))
     try:

@@ -59,19 +59,23 @@ def is_transient(err: BaseException) -> bool:
     import psycopg2
     import sqlalchemy.exc as sx
 
+    def driver(e) -> bool:
+        code = getattr(e, "pgcode", None)
+        if code:
+            return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+        text = str(e).lower()
+        return not any(t in text for t in _PERMANENT_TEXT)
+
     for e in _chain(err):
         if isinstance(e, sx.DBAPIError) and e.connection_invalidated:
             return True
         if isinstance(e, sx.DisconnectionError):
             return True
         if isinstance(e, (sx.OperationalError, sx.InterfaceError)):
-            continue  # judged by the driver's error (its .orig, also in the chain)
+            orig = e.orig
+            return driver(orig) if isinstance(orig, psycopg2.Error) else True
         if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            code = getattr(e, "pgcode", None)
-            if code:
-                return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
-            text = str(e).lower()
-            return not any(t in text for t in _PERMANENT_TEXT)
+            return driver(e)
     return False
 
 
