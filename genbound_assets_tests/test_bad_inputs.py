@@ -225,6 +225,8 @@ CASES = [
          code_location(GENBOUND_SENSOR_MAX_PER_TICK="abc")),
     Case("env-sensor-interval", "environment", "GENBOUND_SENSOR_INTERVAL_S=0 (code location load)",
          code_location(GENBOUND_SENSOR_INTERVAL_S="0")),
+    Case("env-sensor-budget", "environment", "GENBOUND_SENSOR_TICK_BUDGET_S=nan (code location load)",
+         code_location(GENBOUND_SENSOR_TICK_BUDGET_S="nan")),
     Case("env-automation", "environment", "GENBOUND_AUTOMATION=maybe (code location load)",
          code_location(GENBOUND_AUTOMATION="maybe")),
     # -- SQL view files (dbt_like_sql/), via genbound setup-db
@@ -291,9 +293,11 @@ def ctx(micro_suite_root, pg_engine, tmp_path_factory):
     (tmp / "afile").write_text("not a folder\n")
     mp = pytest.MonkeyPatch()
     mp.setenv("GENBOUND_FAMILIES_FILE", str(tmp / "families.json"))   # absent: default family
-    yield Ctx(tmp, suite, tmp / "empty", tmp / "afile")
-    mp.undo()
-    storage.create_views(pg_engine)      # the SQL-file cases replaced the session's views
+    try:
+        yield Ctx(tmp, suite, tmp / "empty", tmp / "afile")
+    finally:
+        mp.undo()
+        storage.create_views(pg_engine)      # the SQL-file cases replaced the session's views
 
 
 @pytest.mark.parametrize("case", CASES, ids=KEYS)

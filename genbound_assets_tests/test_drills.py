@@ -160,12 +160,14 @@ def drill_defs(micro_suite_root, pg_engine, tmp_path_factory):
     """Definitions built once for a registry pointing at one root; each drill refills it."""
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("drills")
-    root = fresh_suite(micro_suite_root, tmp / "suite")
-    micro_env(mp, root, tmp, selection="none")   # the sensor requests inventory + loss only
-    from genbound_assets.definitions import build_defs
+    try:   # undone even when building the definitions fails (no setting leaks to other tests)
+        root = fresh_suite(micro_suite_root, tmp / "suite")
+        micro_env(mp, root, tmp, selection="none")   # the sensor requests inventory + loss only
+        from genbound_assets.definitions import build_defs
 
-    yield root, build_defs(), tmp
-    mp.undo()
+        yield root, build_defs(), tmp
+    finally:
+        mp.undo()
 
 
 @pytest.fixture

@@ -55,13 +55,15 @@ def own_pg():
 def db_defs(own_pg, micro_suite_root, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("drills-db")
-    root = fresh_suite(micro_suite_root, tmp / "suite")
-    micro_env(mp, root, tmp)
-    mp.setenv(storage.DATABASE_URL_ENV, own_pg[1])
-    from genbound_assets.definitions import build_defs
+    try:   # undone even when building the definitions fails: the URL must not leak
+        root = fresh_suite(micro_suite_root, tmp / "suite")
+        micro_env(mp, root, tmp)
+        mp.setenv(storage.DATABASE_URL_ENV, own_pg[1])
+        from genbound_assets.definitions import build_defs
 
-    yield root, build_defs(), tmp
-    mp.undo()
+        yield root, build_defs(), tmp
+    finally:
+        mp.undo()
 
 
 @pytest.fixture
