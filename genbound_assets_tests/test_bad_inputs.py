@@ -31,7 +31,7 @@ from click.testing import CliRunner
 
 from genbound_assets_tests.test_drills_doc import check_row, normalize, read_table
 
-REFUSED_URL = "postgresql://u:p@127.0.0.1:1/db"   # nothing listens on port 1: fails at once
+REFUSED_URL = "postgresql://u@127.0.0.1:1/db"   # nothing listens on port 1: fails at once
 
 
 @dataclass(frozen=True)
