@@ -251,12 +251,16 @@ def demo(ctx: click.Context, corpus: str, quick: bool) -> None:
     """
     import time
 
-    from genbound_assets.families.registry import load_families
+    from genbound_assets.families.registry import families_file, load_families
     from genbound_assets.pipeline.settings import CertifySettings
 
     try:  # refuse bad settings or a bad registry before training or writing anything
         CertifySettings.from_env()
-        load_families()
+        for spec in load_families():
+            try:
+                CertifySettings.from_env(spec.profile)
+            except ValueError as e:
+                raise ValueError(f"family {spec.name} in {families_file()}: {e}") from None
     except ValueError as e:
         _fail(" ".join(str(e).split()))
     t0 = time.perf_counter()

@@ -166,7 +166,10 @@ def add(name, path, kind, data, context_length, windows_per_step, tokens_per_ste
         if profile is not None:
             from genbound_assets.pipeline.settings import settings_for_profile
 
-            settings_for_profile(profile)   # an unknown profile is refused by name
+            try:
+                settings_for_profile(profile)   # an unknown profile is refused by name
+            except ValueError as e:
+                raise ValueError(f"--profile: {e}") from None
         extra = _parse_options(options)
         remote = "://" in str(path)          # pythia: hf://EleutherAI, the live hub
         root = path if remote else path.expanduser()

@@ -95,12 +95,13 @@ def sql_files(files: dict[str, str]):
     return run
 
 
-def registry(doc):
-    """``genbound family list`` with GENBOUND_FAMILIES_FILE holding ``doc``."""
+def registry(doc, command=("family", "list")):
+    """``genbound family list`` (or ``command``) with GENBOUND_FAMILIES_FILE holding ``doc``;
+    the store URL refuses connections (``demo`` must refuse before it needs one)."""
     def run(c: Ctx):
         p = c.tmp / f"families-{_digest(doc)}.json"
         p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
-        return cli(["family", "list"], {"GENBOUND_FAMILIES_FILE": str(p)})
+        return cli(list(command), {"GENBOUND_FAMILIES_FILE": str(p), "GENBOUND_DATABASE_URL": REFUSED_URL})
     return run
 
 
@@ -189,6 +190,8 @@ CASES = [
          _family_add("--context-length", "0", path=lambda c: c.suite)),
     Case("cli-flag-for-other-kind", "CLI", "genbound family add fam <suite> --context-length 16",
          _family_add("--context-length", "16", path=lambda c: c.suite)),
+    Case("cli-family-profile", "CLI", "genbound family add fam <suite> --profile huge",
+         _family_add("--profile", "huge", path=lambda c: c.suite)),
     Case("cli-remove-unknown", "CLI", "genbound family remove nope",
          lambda c: cli(["family", "remove", "nope"])),
     # -- settings (GENBOUND_<FIELD>), checked by genbound demo before anything runs
@@ -273,6 +276,9 @@ CASES = [
                                 {"name": "a", "kind": "suite", "checkpoints": "/y"}]})),
     Case("reg-checkpoints-type", "registry file", "'checkpoints': 5",
          registry({"families": [{"name": "a", "kind": "suite", "checkpoints": 5}]})),
+    Case("reg-unknown-profile", "registry file", "'profile': 'huge' (genbound demo)",
+         registry({"families": [{"name": "a", "kind": "suite", "checkpoints": "/x", "profile": "huge"}]},
+                  ["demo"])),
 ]
 KEYS = [c.key for c in CASES]
 
