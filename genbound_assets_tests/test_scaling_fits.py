@@ -162,3 +162,17 @@ def test_every_declared_quantity_has_a_source():
     assert {s.quantity for s in QUANTITIES} == set(_VALUE_SOURCES)
     assert all(s.form in MIN_SIZES for s in QUANTITIES)
     assert not math.isnan(sum(MIN_SIZES.values()))
+
+
+def test_fits_table_shows_open_interval_ends():
+    """An interval end that overflowed is stored as None: the asset's table shows it as open
+    (the demo's 5-size family hit this with the offset power law's b)."""
+    from genbound_assets.defs.scaling.assets import _fits_table
+    from genbound_assets.fits.scaling import ScalingFit
+
+    f = ScalingFit("headline", "offset_power", "nats", "bounds", "ok", "", [1.0, 2.0, 3.0, 4.0],
+                   [3.0, 2.9, 2.8, 2.75], ["a", "b", "c", "d"], params={"a": 2.5, "b": 1.0, "c": 0.5},
+                   ci_low={"a": 2.0, "b": None, "c": 0.1}, ci_high={"a": 3.0, "b": None, "c": 0.9},
+                   r2=0.99)
+    table = _fits_table([f])
+    assert "1 [-∞, ∞]" in table and "2.5 [2, 3]" in table

@@ -13,6 +13,7 @@ No ``from __future__ import annotations`` (Dagster reads the annotations).
 """
 
 import json
+import math
 
 import dagster as dg
 import polars as pl
@@ -70,7 +71,12 @@ def _fits_table(fits: list[ScalingFit]) -> str:
         def cell(k, p=p, f=f):
             if k not in p or p[k] is None:
                 return "–"
-            return f"{p[k]:.4g} [{f.ci_low[k]:.3g}, {f.ci_high[k]:.3g}]"
+
+            def end(v):   # an interval end can be open (None or inf: overflow in the fit)
+                return "∞" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.3g}"
+
+            lo, hi = (f.ci_low or {}).get(k), (f.ci_high or {}).get(k)
+            return f"{p[k]:.4g} [{'-' if lo is None else ''}{end(lo)}, {end(hi)}]"
 
         status = f.status if f.status == "ok" else f"{f.status}: {f.note}"
         lines.append(f"| {f.quantity} | {f.form} | {status} | {cell('a')} | {cell('b')} | "
