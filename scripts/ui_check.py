@@ -85,8 +85,18 @@ def unmaterialized(port: int) -> list[str]:
 
 
 def browser_shots(port: int, out: Path, family: str) -> list[str]:
+    import shutil
+
+    # the local chromedriver, named: Selenium Manager would otherwise look it up online and send
+    # usage statistics (nothing here may reach outside this machine)
+    os.environ["SE_AVOID_STATS"] = "true"
     from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        raise SystemExit("ui-check: chromedriver not found (scripts/ui_check.sh installs chromium-driver)")
 
     opts = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -94,13 +104,15 @@ def browser_shots(port: int, out: Path, family: str) -> list[str]:
                  "--disable-sync", "--window-size=1600,1000"):
         opts.add_argument(flag)
     opts.binary_location = "/usr/bin/chromium"
-    driver = webdriver.Chrome(options=opts)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
     problems = []
     try:
-        pages = [("asset-graph.png", f"http://127.0.0.1:{port}/asset-groups"),
-                 ("model-bounds.png", f"http://127.0.0.1:{port}/assets/{family}/model_bounds"),
-                 ("checkpoint-bounds.png", f"http://127.0.0.1:{port}/assets/{family}/checkpoint_bounds")]
-        for name, url in pages:
+        base = f"http://127.0.0.1:{port}"
+        pages = [("asset-graph.png", f"{base}/locations/genbound/asset-groups/{family}/lineage", 1000),
+                 ("model-bounds.png", f"{base}/assets/{family}/model_bounds", 1600),
+                 ("checkpoint-bounds.png", f"{base}/assets/{family}/checkpoint_bounds", 1400)]
+        for name, url, height in pages:
+            driver.set_window_size(1600, height)   # tall enough for the asset's plots
             driver.get(url)
             time.sleep(6)
             for label in ("Skip", "Dismiss", "Close", "No thanks"):
