@@ -138,6 +138,9 @@ def main() -> int:
     out = storage.data_dir() / "ui-check"
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    # stop afterwards only the embedded server this check started (a user's running one stays)
+    pg_was_running = (os.environ.get(storage.DATABASE_URL_ENV) is not None
+                      or storage.embedded_pid() is not None)
     log = open(out / "ui.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([str(Path(sys.executable).parent / "genbound"), "ui", "--port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -163,6 +166,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+        if not pg_was_running and storage.stop_embedded():
+            print(f"ui-check: stopped the embedded server it started in {storage.embedded_pg_dir()}")
 
 
 if __name__ == "__main__":
