@@ -10,9 +10,19 @@ p over the full logit dimension V:
     and for each smoothing weight alpha (Lemma 3.3, q = (1 - alpha) p + alpha / V):
     smoothed_loss[alpha] = -log q(x)    smoothed_entropy[alpha] = H(q)
 
-Logits come out in the model's dtype; log-softmax, entropies and smoothing are computed in
-float64 (so near-one-hot and near-uniform predictions at V = 50,304 stay inside the exact ranges
-[H_min(alpha), log V] that the certificates check), chunked over rows to bound memory.
+Logits come out in the model's dtype and are reduced in float32 (float64 when the model runs in
+float64), chunked over rows so that the buffers stay in cache.  Two rules make the rounding of
+that reduction harmless to the certificates (derivation: docs/bounds.md, "Rounding of the
+reduction"):
+
+* X is an upper bound of the exact loss of the logits: X = log(Z (1 + eta)) - (l_x - max l), with
+  Z the sum of the float32 exponentials (float32 partial sums of 8, then float64) and
+  eta = 2^-19 above the rounding error's bound, so X >= -log softmax(l)_x and exceeds it by at
+  most 3.5e-6 nats.  A loss that is too
+  high only loosens a bound; the smoothed loss follows X monotonically, so it stays <= log(V/alpha).
+* Y is a proxy, which Thm 3.1 needs only to be predictable and >= H_min: the float32 entropy
+  is clamped into [H_min(alpha), log V] ([0, log V] unsmoothed), so the loss range
+  Delta = log(V/alpha) - H_min is exact whatever the rounding.
 """
 
 from __future__ import annotations
@@ -29,7 +39,10 @@ from genbound_assets.data.order import IGNORE, WindowBatch, WindowOrder
 
 __all__ = ["WindowLosses", "window_losses", "attention_mask"]
 
-_HEAD_CHUNK_ELEMS = 1 << 24      # float64 logits held at once (rows * V)
+_CHUNK_ELEMS = 1 << 20        # logits reduced at once on a CPU (rows * V): 4 MB float32 buffers
+_CHUNK_ELEMS_ACCEL = 1 << 25  # on an accelerator: fewer, larger kernels
+ETA = 2.0 ** -19              # Z is inflated by (1 + ETA): X never below the exact loss
+SUM_BLOCK = 8                 # float32 terms per partial sum of Z
 
 
 @dataclass(frozen=True)
@@ -49,15 +62,25 @@ class WindowLosses:
         return len(self.window)
 
 
-def attention_mask(segments: np.ndarray, dtype: torch.dtype) -> torch.Tensor | None:
+_TRIL: dict[int, torch.Tensor] = {}
+
+
+def attention_mask(segments: np.ndarray, dtype: torch.dtype,
+                   out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Additive (n, 1, T, T) mask: causal within a segment; None when every row is one segment
-    (then the model's own causal mask is the same thing).  The trainer's rule (families/suite.py)."""
+    (then the model's own causal mask is the same thing).  The trainer's rule (families/suite.py).
+    ``out``: a (>= n, T, T) tensor of ``dtype`` to write into (reused across batches)."""
     if segments is None or np.all(segments == segments[:, :1]):
         return None
     T = segments.shape[1]
-    allowed = (segments[:, :, None] == segments[:, None, :]) & np.tril(np.ones((T, T), dtype=bool))[None]
-    m = torch.zeros(allowed.shape, dtype=dtype)
-    m[torch.from_numpy(~allowed)] = torch.finfo(dtype).min
+    if T not in _TRIL:
+        _TRIL[T] = torch.ones((T, T), dtype=torch.bool).tril_()
+    seg = torch.from_numpy(np.ascontiguousarray(segments))
+    allowed = torch.eq(seg[:, :, None], seg[:, None, :]).logical_and_(_TRIL[T])
+    if out is not None:
+        out = out[:len(segments)]
+    m = torch.where(allowed, torch.zeros((), dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype),
+                    out=out)
     return m[:, None]
 
 
@@ -73,9 +96,9 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
 
     ``windows`` may repeat a window (a sampled design with replacement); each occurrence is
     returned (computed once).  ``entropy=False`` skips the unsmoothed entropy Y (``entropy`` is
-    then None): the certificates use X of h and h_q and X, Y of the smoothed h_q only.  ``progress(done, total)`` is called after each batch.
-    Raises ValueError for a token id outside the model's vocabulary and FloatingPointError for
-    non-finite logits.
+    then None): the certificates use X of h and h_q and X, Y of the smoothed h_q only.
+    ``progress(done, total)`` is called after each batch.  Raises ValueError for a token id
+    outside the model's vocabulary and FloatingPointError for non-finite logits.
     """
     t0 = time.perf_counter()
     idx = np.asarray(windows, dtype=np.int64).ravel()
@@ -88,10 +111,11 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
     vocab = int(model.config.vocab_size)
     uniq, inverse = np.unique(idx, return_inverse=True)
     dev, dt = _device_dtype(model)
-
-    per_window: list[dict[str, np.ndarray]] = [None] * len(uniq)  # type: ignore[list-item]
-    log_keep = [math.log1p(-a) for a in alpha_list]
-    log_unif = [math.log(a / vocab) for a in alpha_list]
+    keys = _keys(len(alpha_list), entropy)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("column", *keys)}
+    counts_u = np.zeros(len(uniq), dtype=np.int64)      # targets per unique window
+    buffers: dict[str, torch.Tensor] = {}               # scratch space reused across batches
+    T = order.context_length
     was_training = model.training
     model.eval()
     try:
@@ -103,90 +127,137 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
                     raise ValueError(f"token id {top} in windows {batch.index[:3].tolist()}... is "
                                      f"outside the model's vocabulary [0, {vocab})")
                 ids = torch.from_numpy(batch.inputs).to(dev)
-                mask = attention_mask(batch.segments, dt)
+                mask = attention_mask(batch.segments, dt, _buffer(buffers, "mask", len(batch), T * T, dt,
+                                                                  torch.device("cpu")).view(-1, T, T))
                 logits = model(input_ids=ids, attention_mask=None if mask is None else mask.to(dev),
                                use_cache=False).logits
                 if logits.shape[-1] != vocab:
                     raise ValueError(f"model logit dimension {logits.shape[-1]} != config.vocab_size {vocab}")
-                rows, cols = np.nonzero(batch.labels != IGNORE)
-                flat = torch.from_numpy(rows * batch.labels.shape[1] + cols).to(dev)
-                lg = logits.reshape(-1, vocab).index_select(0, flat)
-                tgt = torch.from_numpy(batch.labels[rows, cols]).to(dev)
-                out = _reduce(lg, tgt, log_keep, log_unif, entropy)
-                for i in range(len(batch)):
-                    sel = rows == i
-                    per_window[b0 + i] = {"column": cols[sel].astype(np.int16),
-                                          **{k: v[sel] for k, v in out.items()}}
+                # every position is reduced (no copy of the logits); non-targets are dropped after
+                keep = batch.labels != IGNORE
+                tgt = torch.from_numpy(np.where(keep, batch.labels, 0).reshape(-1)).to(dev)
+                out = _reduce(logits.reshape(-1, vocab), tgt, alpha_list, entropy, buffers,
+                              overwrite=True)
+                flat_keep = keep.reshape(-1)
+                for k in keys:
+                    parts[k].append(out[k][flat_keep])
+                parts["column"].append(np.nonzero(keep)[1].astype(np.int16))
+                counts_u[b0:b0 + len(batch)] = keep.sum(axis=1)
                 if progress is not None:
                     progress(min(b0 + int(batch_size), len(uniq)), len(uniq))
     finally:
         model.train(was_training)
 
-    counts = np.array([len(per_window[inverse[i]]["column"]) for i in range(len(idx))], dtype=np.int64)
-    window = np.repeat(idx, counts)
-    parts = [per_window[j] for j in inverse]
-
-    def cat(key):
-        return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
-
+    full = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    counts = counts_u[inverse]
+    if not np.array_equal(inverse, np.arange(len(uniq))):     # repeats or unsorted windows
+        starts_u = np.cumsum(counts_u) - counts_u
+        take = np.arange(int(counts.sum())) + np.repeat(starts_u[inverse] - (np.cumsum(counts) - counts),
+                                                         counts)
+        full = {k: v[take] for k, v in full.items()}
     res = WindowLosses(
-        window=window, column=cat("column").astype(np.int16), loss=cat("loss"),
-        entropy=cat("entropy") if entropy else None, vocab_size=vocab,
-        smoothed_loss={a: cat(f"sl{k}") for k, a in enumerate(alpha_list)},
-        smoothed_entropy={a: cat(f"se{k}") for k, a in enumerate(alpha_list)},
+        window=np.repeat(idx, counts), column=full["column"].astype(np.int16), loss=full["loss"],
+        entropy=full["entropy"] if entropy else None, vocab_size=vocab,
+        smoothed_loss={a: full[f"sl{k}"] for k, a in enumerate(alpha_list)},
+        smoothed_entropy={a: full[f"se{k}"] for k, a in enumerate(alpha_list)},
         wall_s=time.perf_counter() - t0)
-    checked = [res.loss] + ([res.entropy] if entropy else []) + list(res.smoothed_loss.values()) \
-        + list(res.smoothed_entropy.values())
-    if not all(np.isfinite(a).all() for a in checked):
+    if not all(np.isfinite(full[k]).all() for k in keys):
         raise FloatingPointError("the model produced non-finite log-probabilities")
     return res
 
 
-def _reduce(logits: torch.Tensor, target: torch.Tensor, log_keep, log_unif,
-            entropy: bool = True) -> dict[str, np.ndarray]:
-    """float64 loss (and entropy, and smoothed loss/entropy per alpha) for each row of logits.
+def _keys(n_alphas: int, entropy: bool) -> list[str]:
+    return ["loss"] + (["entropy"] if entropy else []) + \
+        [f"sl{i}" for i in range(n_alphas)] + [f"se{i}" for i in range(n_alphas)]
 
-    Rows are processed in chunks of ~2^20 float64 elements whose buffers are reused (they stay
-    in cache; fresh arrays per chunk cost ~4x in page faults); q = (1 - a) p + a/V is formed
-    directly.  Without ``entropy`` and alphas only log-sum-exp and the target's logit are needed.
-    A non-finite logit makes some output non-finite: the caller checks the outputs."""
+
+def _buffer(buffers: dict[str, torch.Tensor], name: str, rows: int, vocab: int, dtype, device):
+    """A (rows, vocab) scratch tensor, kept in ``buffers`` between calls: fresh multi-MB tensors
+    per batch cost more in page faults than the arithmetic done in them."""
+    b = buffers.get(name)
+    if b is None or b.shape[0] < rows or b.shape[1] != vocab or b.dtype != dtype or b.device != device:
+        b = buffers[name] = torch.empty((rows, vocab), dtype=dtype, device=device)
+    return b
+
+
+def _row_sums(e: torch.Tensor, s_buf: torch.Tensor | None) -> torch.Tensor:
+    """float64 row sums of the non-negative (k, V) ``e``: float32 partial sums of SUM_BLOCK
+    strided terms (a vectorised outer reduction), then float64 over the V/SUM_BLOCK partials and
+    the remainder.  Relative error <= (SUM_BLOCK - 1) 2^-24 + V 2^-53."""
+    if e.dtype == torch.float64:
+        return e.sum(-1)
+    k, vocab = e.shape
+    w = vocab // SUM_BLOCK
+    if w == 0:
+        return e.double().sum(-1)
+    part = s_buf[:k, :w].copy_(e[:, :SUM_BLOCK * w].view(k, SUM_BLOCK, w).sum(1))
+    z = part.sum(-1)
+    if SUM_BLOCK * w < vocab:
+        z += e[:, SUM_BLOCK * w:].double().sum(-1)
+    return z
+
+
+def _reduce(logits: torch.Tensor, target: torch.Tensor, alphas: Sequence[float],
+            entropy: bool = True, buffers: dict[str, torch.Tensor] | None = None,
+            overwrite: bool = False) -> dict[str, np.ndarray]:
+    """Per row of logits (float64 outputs): X = -log p(x), the entropy H(p) if asked, and for
+    each alpha X_s = -log q(x) and Y_s = H(q), q = (1 - alpha) p + alpha/V.
+
+    Work in float32 (float64 for float64 logits) in reused row chunks; the rules that make the
+    rounding safe are in the module docstring.  ``overwrite`` lets it use ``logits`` as scratch
+    space (window_losses' own forward output, not used after).  A non-finite logit makes the row's X non-finite
+    (the caller checks the outputs)."""
+    from genbound_assets.bounds.loss_range import smoothed_min_entropy
+
     n, vocab = logits.shape
-    rows = max(1, (1 << 20) // vocab)
-    m = min(rows, n)
+    wd = torch.float64 if logits.dtype == torch.float64 else torch.float32
     dev = logits.device
-    keeps = [math.exp(k) for k in log_keep]
-    unifs = [math.exp(u) for u in log_unif]
-    full = entropy or bool(keeps)
-    lp_buf = torch.empty((m, vocab), dtype=torch.float64, device=dev)
-    p_buf = torch.empty((m, vocab), dtype=torch.float64, device=dev) if full else None
-    q_buf = torch.empty((m, vocab), dtype=torch.float64, device=dev) if keeps else None
-    lq_buf = torch.empty((m, vocab), dtype=torch.float64, device=dev) if keeps else None
-    keys = ["loss"] + (["entropy"] if entropy else []) + \
-        [f"sl{i}" for i in range(len(keeps))] + [f"se{i}" for i in range(len(keeps))]
-    out = {k: np.empty(n) for k in keys}
+    rows = max(1, (_CHUNK_ELEMS if dev.type == "cpu" else _CHUNK_ELEMS_ACCEL) // vocab)
+    m = min(rows, n)
+    log_v = math.log(vocab)
+    log_1eta = math.log1p(ETA)
+    keeps = [1.0 - a for a in alphas]
+    unifs = [a / vocab for a in alphas]
+    h_mins = [smoothed_min_entropy(a, vocab) for a in alphas]
+    bufs = {} if buffers is None else buffers
+    # Z's sum: float32 partial sums of SUM_BLOCK terms (error <= (SUM_BLOCK - 1) u32 relative,
+    # whatever the order), then float64 over the partials in a reused buffer
+    width = vocab // SUM_BLOCK
+    s_buf = _buffer(bufs, "s", m, width, torch.float64, dev) if wd != torch.float64 else None
+    d_buf = _buffer(bufs, "d", m, vocab, wd, dev) if entropy else None
+    q_buf = _buffer(bufs, "q", m, vocab, wd, dev) if alphas else None
+    lq_buf = _buffer(bufs, "lq", m, vocab, wd, dev) if alphas else None
+    out = {k: np.empty(n) for k in _keys(len(alphas), entropy)}
     for c0 in range(0, n, rows):
         c1 = min(n, c0 + rows)
         k = c1 - c0
-        lp = lp_buf[:k]
-        lp.copy_(logits[c0:c1])
-        lp -= lp.amax(-1, keepdim=True)
-        if not full:   # X = logsumexp(l) - l_x only
-            lpx = lp.gather(1, target[c0:c1, None])[:, 0] - torch.logsumexp(lp, -1)
-            out["loss"][c0:c1] = (-lpx).cpu().numpy()
-            continue
-        p = p_buf[:k]
-        torch.exp(lp, out=p)
-        z = p.sum(-1, keepdim=True)
-        lp -= torch.log(z)
-        p /= z
-        lpx = lp.gather(1, target[c0:c1, None])[:, 0]
-        out["loss"][c0:c1] = (-lpx).cpu().numpy()
+        lg = logits[c0:c1]
+        mx = lg.amax(-1, keepdim=True)
+        dx = lg.gather(1, target[c0:c1, None])[:, 0].double() - mx[:, 0].double()   # exact
+        if lg.dtype != wd:
+            # d = l - max l  (<= 0), in float32 (float64 for float64 logits)
+            e = _buffer(bufs, "e", m, vocab, wd, dev)[:k].copy_(lg).sub_(mx)
+        elif overwrite and lg.is_contiguous():
+            e = lg.sub_(mx)
+        else:
+            e = torch.sub(lg, mx, out=_buffer(bufs, "e", m, vocab, wd, dev)[:k])
         if entropy:
-            out["entropy"][c0:c1] = (-torch.linalg.vecdot(p, lp)).cpu().numpy()
-        for i, (kp, u) in enumerate(zip(keeps, unifs, strict=True)):
-            q, lq = q_buf[:k], lq_buf[:k]
-            torch.mul(p, kp, out=q).add_(u)
-            torch.log(q, out=lq)
-            out[f"sl{i}"][c0:c1] = (-torch.log(kp * lpx.exp() + u)).cpu().numpy()
-            out[f"se{i}"][c0:c1] = (-torch.linalg.vecdot(q, lq)).cpu().numpy()
+            d_buf[:k].copy_(e)
+        e.exp_()
+        z = _row_sums(e, s_buf)                               # float64, >= 1 (max term 1)
+        log_z = torch.log(z)
+        x = (log_z + log_1eta) - dx                           # X >= the exact loss
+        out["loss"][c0:c1] = x.cpu().numpy()
+        if entropy:   # H(p) = log Z - sum p d
+            h = log_z - d_buf[:k].mul_(e).sum(-1).double() / z
+            out["entropy"][c0:c1] = h.clamp_(0.0, log_v).cpu().numpy()
+        if alphas:
+            px = torch.exp(-x)
+            inv_z = (1.0 / z).to(wd)[:, None]
+        for i, (kp, u, h_min) in enumerate(zip(keeps, unifs, h_mins, strict=True)):
+            q, qlq = q_buf[:k], lq_buf[:k]
+            torch.mul(e, inv_z * kp, out=q).add_(u)           # q = (1 - alpha) p + alpha/V
+            ys = -torch.log(q, out=qlq).mul_(q).sum(-1)        # in place: no temporaries
+            out[f"sl{i}"][c0:c1] = (-torch.log(kp * px + u)).cpu().numpy()
+            out[f"se{i}"][c0:c1] = ys.double().clamp_(h_min, log_v).cpu().numpy()
     return out

@@ -1,0 +1,92 @@
+"""window_losses' float32 reduction (docs/bounds.md, "Rounding of the reduction"): X never below
+the exact loss of the logits and at most 3e-6 above it; the entropy proxies inside their exact
+ranges; and the controls: without the (1 + eta) inflation X falls below the exact loss, and an
+unclamped float32 entropy leaves [H_min, log V]."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genbound_assets.bounds.loss_range import smoothed_min_entropy
+from genbound_assets.bounds.smoothing import smoothing_alpha
+from genbound_assets.measure import window_losses as wl
+
+V_PYTHIA = 50_304
+
+
+def _exact(logits: torch.Tensor, tgt: torch.Tensor, alphas):
+    """Per row, float64 with math.fsum (correctly rounded sums) of the float32 logits."""
+    out = {"x": [], "y": [], "xs": {a: [] for a in alphas}, "ys": {a: [] for a in alphas}}
+    for row, t in zip(logits.double().numpy(), tgt.numpy(), strict=True):
+        mx = row.max()
+        logp = row - (mx + math.log(math.fsum(np.exp(row - mx))))
+        p = np.exp(logp)
+        out["x"].append(-logp[t])
+        out["y"].append(-math.fsum(p * logp))
+        for a in alphas:
+            q = (1 - a) * p + a / len(row)
+            out["xs"][a].append(-math.log(q[t]))
+            out["ys"][a].append(-math.fsum(q * np.log(q)))
+    return {k: (np.array(v) if k in ("x", "y") else {a: np.array(w) for a, w in v.items()})
+            for k, v in out.items()}
+
+
+def _logits(vocab: int, seed: int = 0, rows: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ordinary rows (N(0, 3^2) logits), near-one-hot rows (one logit 15..60 above the rest)
+    and near-uniform rows (logits ~ 1e-3 N(0, 1)): the middle and both ends of the ranges."""
+    g = torch.Generator().manual_seed(seed)
+    normal = 3.0 * torch.randn(rows, vocab, generator=g)
+    onehot = torch.zeros(rows, vocab)
+    onehot[torch.arange(rows), torch.randint(0, vocab, (rows,), generator=g)] = torch.linspace(15.0, 60.0, rows)
+    unif = 1e-3 * torch.randn(rows, vocab, generator=g)
+    tgt = torch.randint(0, vocab, (3 * rows,), generator=g)
+    tgt[rows:rows + rows // 2] = onehot[: rows // 2].argmax(1)   # half the one-hot rows hit
+    return torch.cat([normal, onehot, unif]), tgt
+
+
+@pytest.mark.parametrize("vocab", [257, V_PYTHIA])
+def test_loss_is_an_upper_bound_within_3e_6_and_proxies_stay_in_range(vocab):
+    logits, tgt = _logits(vocab)
+    alphas = (smoothing_alpha(0.1386, vocab), 1e-3, 0.5)
+    out = wl._reduce(logits, tgt, alphas, entropy=True)
+    ref = _exact(logits, tgt, alphas)
+    gap = out["loss"] - ref["x"]
+    assert gap.min() >= 0.0, gap.min()
+    assert gap.max() <= 3e-6, gap.max()
+    log_v = math.log(vocab)
+    assert out["entropy"].min() >= 0.0 and out["entropy"].max() <= log_v
+    np.testing.assert_allclose(out["entropy"], ref["y"], atol=1e-4, rtol=0)
+    for i, a in enumerate(alphas):
+        xs, ys = out[f"sl{i}"], out[f"se{i}"]
+        assert (xs - ref["xs"][a]).min() >= -1e-12               # follows X monotonically
+        assert xs.max() <= math.log(vocab / a)                     # the range's top, exactly
+        assert (xs - ref["xs"][a]).max() <= 3e-6
+        assert ys.min() >= smoothed_min_entropy(a, vocab) and ys.max() <= log_v
+        np.testing.assert_allclose(ys, ref["ys"][a], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("vocab", [257, V_PYTHIA])
+def test_controls_without_inflation_and_without_clamp_fail(vocab, monkeypatch):
+    """eta = 0 puts X below the exact loss on some rows (so the inflation is needed), and the
+    float32 entropy before the clamp leaves [H_min, log V] on some rows (so the clamp is)."""
+    logits, tgt = _logits(vocab)
+    alpha = smoothing_alpha(0.1386, vocab)
+    ref = _exact(logits, tgt, (alpha,))
+    monkeypatch.setattr(wl, "ETA", 0.0)
+    out = wl._reduce(logits, tgt, (alpha,), entropy=False)
+    assert (out["loss"] < ref["x"]).any()
+    # the unclamped float32 smoothed entropy, computed as _reduce does before clamping
+    p = torch.softmax(logits, -1)
+    q = (1 - alpha) * p + alpha / vocab
+    ys32 = (-(torch.log(q) * q).sum(-1)).double().numpy()
+    h_min, log_v = smoothed_min_entropy(alpha, vocab), math.log(vocab)
+    assert ((ys32 < h_min) | (ys32 > log_v)).any()
+
+
+def test_float64_logits_reduce_in_float64():
+    logits, tgt = _logits(257)
+    out = wl._reduce(logits.double(), tgt, (), entropy=True)
+    gap = out["loss"] - _exact(logits, tgt, ())["x"]
+    assert gap.min() >= 0.0 and gap.max() <= math.log1p(wl.ETA) + 1e-12
