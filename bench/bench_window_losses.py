@@ -6,14 +6,14 @@ Side by side in one run, round-robin, same model, same tokens, same batches, 1 t
 
 * ``window``        measure.window_losses.window_losses(model, order, windows, alphas=(0.1,),
                     entropy=False): what the pipeline runs for h_q (X, X_s, Y_s of every
-                    target, float64);
+                    target; float32 reduction, X rounded up, proxies clamped: docs/bounds.md);
 * ``window_noalpha`` window_losses(..., entropy=False) without smoothing: what it runs for the
                     float h and the loss curve (X only: log-sum-exp and the target's logit);
 * ``bare``          model(input_ids, attention_mask).logits over the same windows, the same
                     batch size and the same block-diagonal masks (built before timing): the floor
                     any evaluator pays;
-* ``bare_f32``      bare + a float32 log-softmax, target gather and entropy (the cheapest
-                    useful reduction), to show what the float64 reduction costs;
+* ``bare_f32``      bare + a plain float32 log-softmax, target gather and entropy (no rounding
+                    rules, fresh temporaries): the obvious reduction, for comparison;
 * ``per_pair``      measure.token_losses.token_losses on targets of the same windows, one
                     forward pass per target (the old path), tokens/s = targets/s.
 
