@@ -8,6 +8,7 @@ from genbound_assets.bounds.smoothing import smoothing_alpha
 from genbound_assets.data.stream import TokenStream
 from genbound_assets.families.models import resolve_device_dtype, tiny_gpt_neox
 from genbound_assets.measure.token_losses import plan_windows, token_losses
+from genbound_assets_tests.exact_reference import exact_reduction
 
 V = 211
 T = 12
@@ -216,24 +217,6 @@ def _extreme_logits(seed=0, rows=24):
     return torch.cat([onehot, unif]), tgt
 
 
-def _exact_reference(logits, tgt, alphas):
-    """Per row, float64 with math.fsum (correctly rounded sums): X, Y, X_s, Y_s."""
-    import math
-
-    out = {"x": [], "y": [], "xs": {a: [] for a in alphas}, "ys": {a: [] for a in alphas}}
-    for row, t in zip(logits.double().numpy(), tgt.numpy(), strict=True):
-        mx = row.max()
-        logp = row - (mx + math.log(math.fsum(np.exp(row - mx))))
-        p = np.exp(logp)
-        out["x"].append(-logp[t])
-        out["y"].append(-math.fsum(p * logp))
-        for a in alphas:
-            q = (1 - a) * p + a / len(row)
-            out["xs"][a].append(-math.log(q[t]))
-            out["ys"][a].append(-math.fsum(q * np.log(q)))
-    return out
-
-
 def _float32_reduction(logits, tgt, alpha):
     """The former float32 path (log-softmax and per-term products in float32): the control."""
     import math
@@ -257,7 +240,7 @@ def test_float64_reductions_keep_the_exact_proxy_ranges_at_pythia_vocab():
     logits, tgt = _extreme_logits()
     alphas = (smoothing_alpha(0.1386, V_PYTHIA), 1e-3, 0.5)
     x, y, xs, ys = _reduce_logits(logits, tgt, alphas)
-    ref = _exact_reference(logits, tgt, alphas)
+    ref = exact_reduction(logits, tgt, alphas)
     assert x.dtype == y.dtype == torch.float64
     np.testing.assert_allclose(x.numpy(), ref["x"], atol=1e-11, rtol=0)
     np.testing.assert_allclose(y.numpy(), ref["y"], atol=1e-11, rtol=0)
@@ -309,7 +292,7 @@ def test_token_losses_at_pythia_vocab_pass_the_bound_range_checks(stream, positi
     for vec in (hot, flat):
         res = token_losses(_constant_logit_model(vec), stream, pos, T, alphas=(alpha,),
                            batch_size=8)
-        ref = _exact_reference(vec[None].expand(len(pos), -1),
+        ref = exact_reduction(vec[None].expand(len(pos), -1),
                                torch.as_tensor(stream.tokens[pos]), (alpha,))
         np.testing.assert_allclose(res.loss, ref["x"], atol=1e-11, rtol=0)
         np.testing.assert_allclose(res.entropy, ref["y"], atol=1e-11, rtol=0)

@@ -12,25 +12,9 @@ import torch
 from genbound_assets.bounds.loss_range import smoothed_min_entropy
 from genbound_assets.bounds.smoothing import smoothing_alpha
 from genbound_assets.measure import window_losses as wl
+from genbound_assets_tests.exact_reference import exact_reduction as _exact
 
 V_PYTHIA = 50_304
-
-
-def _exact(logits: torch.Tensor, tgt: torch.Tensor, alphas):
-    """Per row, float64 with math.fsum (correctly rounded sums) of the float32 logits."""
-    out = {"x": [], "y": [], "xs": {a: [] for a in alphas}, "ys": {a: [] for a in alphas}}
-    for row, t in zip(logits.double().numpy(), tgt.numpy(), strict=True):
-        mx = row.max()
-        logp = row - (mx + math.log(math.fsum(np.exp(row - mx))))
-        p = np.exp(logp)
-        out["x"].append(-logp[t])
-        out["y"].append(-math.fsum(p * logp))
-        for a in alphas:
-            q = (1 - a) * p + a / len(row)
-            out["xs"][a].append(-math.log(q[t]))
-            out["ys"][a].append(-math.fsum(q * np.log(q)))
-    return {k: (np.array(v) if k in ("x", "y") else {a: np.array(w) for a, w in v.items()})
-            for k, v in out.items()}
 
 
 def _logits(vocab: int, seed: int = 0, rows: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
