@@ -25,7 +25,13 @@ from genbound_assets.defs.checkpoints.assets import BATCHED, _refs, _statuses
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
-from genbound_assets.defs.families.runtime import DagsterLog, partitions_by_model
+from genbound_assets.defs.families.runtime import (
+    DagsterLog,
+    model_size,
+    partitions_by_model,
+    problems_check,
+    sample_name,
+)
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.families.inventory import train_tokens
 from genbound_assets.measure.quantize import load_quantized
@@ -45,10 +51,6 @@ from genbound_assets.storage.records import (
     write_token_loss_set,
     write_token_sample,
 )
-
-
-def sample_name(family: str) -> str:
-    return f"{family}:bound"
 
 
 def _save_artifact(q, path: Path) -> str:
@@ -160,8 +162,7 @@ def build(parts: FamilyParts) -> list:
                                                  f"failed: {res.failure_reason()}")
         return dg.MaterializeResult(
             metadata={"chosen": dg.MetadataValue.json(chosen), "grid": [str(c) for c in s.quant_grid]},
-            check_results=[dg.AssetCheckResult(check_name="honest_code_length", passed=not problems,
-                                               metadata={"problems": dg.MetadataValue.json(problems)})])
+            check_results=[problems_check("honest_code_length", problems)])
 
     @dg.asset(
         retry_policy=POSTGRES_RETRY,
@@ -232,8 +233,7 @@ def build(parts: FamilyParts) -> list:
                                                   "mean_sq_loss": row["mean_sq_loss"]}
         return dg.MaterializeResult(
             metadata={"sets": dg.MetadataValue.json(summary)},
-            check_results=[dg.AssetCheckResult(check_name="complete_and_finite", passed=not problems,
-                                               metadata={"problems": dg.MetadataValue.json(problems)})])
+            check_results=[problems_check("complete_and_finite", problems)])
 
     @dg.asset(
         retry_policy=POSTGRES_RETRY,
@@ -251,7 +251,7 @@ def build(parts: FamilyParts) -> list:
         engine, s = postgres.get_engine(), genbound.settings(parts.spec)
         problems, headline = [], {}
         for model, steps in partitions_by_model(context).items():
-            n_params = _n_params(engine, model)
+            n_params, _ = model_size(engine, model)
             for step in steps:
                 summary, arrays = read_token_loss_set(engine, model, step)
                 if summary is None:
@@ -284,8 +284,7 @@ def build(parts: FamilyParts) -> list:
                                  f"(R_sq {head['empirical_risk']:.4f}, {summary['design']} design)")
         return dg.MaterializeResult(
             metadata={"headline": dg.MetadataValue.json(headline)},
-            check_results=[dg.AssetCheckResult(check_name="certified_bounds_sane", passed=not problems,
-                                               metadata={"problems": dg.MetadataValue.json(problems)})])
+            check_results=[problems_check("certified_bounds_sane", problems)])
 
     return [quantized_model, token_losses, checkpoint_bounds]
 
@@ -298,14 +297,7 @@ def _compute_optimal_steps(engine, model: str, s) -> set[int]:
     d = read_frame(engine, "SELECT step, n_train_tokens FROM checkpoints WHERE model = :m AND status = 'ok'",
                    {"m": model})
     d_by_step = {int(a): int(b or 0) for a, b in d.iter_rows()}
-    return selected_steps(_n_params(engine, model), d_by_step, "compute_optimal", s.tokens_per_param)
-
-
-def _n_params(engine, model: str) -> int:
-    df = read_frame(engine, "SELECT n_params FROM models WHERE model = :m", {"m": model})
-    if df.height != 1 or df["n_params"][0] is None:
-        raise dg.Failure(f"{model}: no models row (materialize checkpoint first)")
-    return int(df["n_params"][0])
+    return selected_steps(model_size(engine, model)[0], d_by_step, "compute_optimal", s.tokens_per_param)
 
 
 def _expected_targets(order, design) -> int:

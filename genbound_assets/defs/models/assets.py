@@ -21,6 +21,7 @@ from genbound_assets import deploy
 from genbound_assets.defs.families.partitions import FamilyParts, all_family_parts
 from genbound_assets.defs.families.resources import GenboundResource
 from genbound_assets.defs.families.retry import POSTGRES_RETRY, retry_transient
+from genbound_assets.defs.families.runtime import model_size, sample_name
 from genbound_assets.defs.sql.figures import MODEL_FIGURES, figure_metadata
 from genbound_assets.defs.store.resources import PostgresResource
 from genbound_assets.measure.hessian import hessian_spectrum as slq_spectrum
@@ -46,16 +47,9 @@ def _d_by_step(engine, model: str) -> dict[int, int]:
     return {int(s): int(d or 0) for s, d in df.iter_rows()}
 
 
-def _n_params(engine, model: str) -> tuple[int, int]:
-    df = read_frame(engine, "SELECT n_params, vocab_size FROM models WHERE model = :m", {"m": model})
-    if df.height != 1:
-        raise dg.Failure(f"{model}: no models row (materialize checkpoint first)")
-    return int(df["n_params"][0]), int(df["vocab_size"][0])
-
-
 def build(parts: FamilyParts) -> list:
     fam = parts.name
-    sample = f"{fam}:bound"
+    sample = sample_name(fam)
     mp = parts.model_mapping
 
     def dep(name):
@@ -86,7 +80,7 @@ def build(parts: FamilyParts) -> list:
                         genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
         s = genbound.settings(parts.spec)
-        n, _ = _n_params(engine, model)
+        n, _ = model_size(engine, model)
         row, interp = compute_optimal_rows(model, n, _d_by_step(engine, model),
                                            _bounded(engine, model, sample), s.tokens_per_param)
         for r in interp:
@@ -106,7 +100,7 @@ def build(parts: FamilyParts) -> list:
                                genbound: GenboundResource) -> dg.MaterializeResult:
         model, engine = context.partition_key, postgres.get_engine()
         s = genbound.settings(parts.spec)
-        n, vocab = _n_params(engine, model)
+        n, vocab = model_size(engine, model)
         pts = read_frame(engine, "SELECT step, tokens_seen, mean_loss FROM checkpoint_losses "
                          "WHERE model = :m AND eval_kind = 'next_tokens'", {"m": model})
         sets = read_frame(engine, "SELECT step, n_train_tokens, mean_h_loss, design FROM token_loss_sets "
