@@ -189,6 +189,25 @@ def connection_error(url: str, err: BaseException) -> StoreError:
     return StoreError(f"cannot connect to the database at {_source_of(url)}: {msg}")
 
 
+def connected_engine(resolved: str) -> Engine:
+    """The process's cached engine for an already resolved URL, checked with one round trip.
+    An unreachable server drops it from the cache and raises :class:`StoreError` (one line)."""
+    with _lock:
+        engine = _engines.get(resolved)
+        if engine is None:
+            engine = sa.create_engine(resolved, pool_pre_ping=True)
+            _engines[resolved] = engine
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+    except DBAPIError as e:
+        with _lock:
+            _engines.pop(resolved, None)
+        engine.dispose()
+        raise connection_error(resolved, e) from None
+    return engine
+
+
 def get_engine(url: str | None = None, *, ensure_schema: bool = True) -> Engine:
     """A cached SQLAlchemy engine for the store, with the schema created on first use.
 
@@ -199,19 +218,7 @@ def get_engine(url: str | None = None, *, ensure_schema: bool = True) -> Engine:
     Raises :class:`StoreError` (one line) if the URL is bad or the server is unreachable.
     """
     resolved = database_url(url)
-    with _lock:
-        engine = _engines.get(resolved)
-        if engine is None:
-            engine = sa.create_engine(resolved, pool_pre_ping=True, future=True)
-            _engines[resolved] = engine
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("select 1")
-    except DBAPIError as e:
-        with _lock:
-            _engines.pop(resolved, None)
-        engine.dispose()
-        raise connection_error(resolved, e) from None
+    engine = connected_engine(resolved)
     if ensure_schema and resolved not in _schema_ready:
         from .schema import create_schema
 

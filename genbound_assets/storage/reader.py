@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +32,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from .db import StoreError, connection_error, data_dir, database_url, get_engine
+from .db import StoreError, connected_engine, connection_error, data_dir, database_url, get_engine
 
 READER_ROLE = "genbound_reader"
 READER_PASSWORD_ENV = "GENBOUND_READER_PASSWORD"
 READER_PASSWORD_FILE = "reader_password"
 _READER_LOCK_KEY = 0x67627264  # "gbrd": serializes concurrent setup_reader calls
-
-_engines: dict[str, Engine] = {}
-_lock = threading.Lock()
-
 
 def reader_password_file() -> Path:
     return data_dir() / READER_PASSWORD_FILE
@@ -182,24 +177,13 @@ def reader_engine(url: str | None = None) -> Engine:
     if reader_needs_setup(admin):
         setup_reader(admin)
     resolved = reader_url(admin.url.render_as_string(hide_password=False))
-    with _lock:
-        engine = _engines.get(resolved)
-        if engine is None:
-            engine = sa.create_engine(resolved, pool_pre_ping=True)
-            _engines[resolved] = engine
     try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("select 1")
-    except DBAPIError as e:
-        with _lock:
-            _engines.pop(resolved, None)
-        engine.dispose()
-        err = connection_error(resolved, e)
+        return connected_engine(resolved)
+    except StoreError as err:
         if "password authentication failed" in str(err):
             raise StoreError(f"{err}; run `genbound setup-db` to give {READER_ROLE} the password "
                              f"from ${READER_PASSWORD_ENV} or {reader_password_file()}") from None
-        raise err from None
-    return engine
+        raise
 
 
 __all__ = [
