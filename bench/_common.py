@@ -121,23 +121,50 @@ def matmul_peak(dtype=None, size: int = 1024, reps: int = 8, rounds: int = 3,
     return 2.0 * size**3 / best
 
 
-def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
+def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                 sync: Callable[[], None] | None = None) -> dict:
     """Round-robin timing (A, B, A, B, ...) so load drift on a shared box hits every candidate
-    alike.  Returns {name: {"median": s, "min": s, "cpu_median": s, "all": [...]}}."""
+    alike.  ``sync`` runs after each call inside the timing (e.g. torch.cuda.synchronize).
+    Returns {name: {"median": s, "min": s, "cpu_median": s, "all": [...]}}."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    sync()
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
+            sync()
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]),
                 "cpu_median": statistics.median(cpu[k]), "all": [round(x, 6) for x in wall[k]]}
             for k in fns}
+
+
+def train_briefly(model, stream, context: int, steps: int, lr: float, seed: int) -> float:
+    """A few AdamW steps of next-token training on random ``context``-token slices of the 1-D
+    token tensor ``stream`` (16 per step), so a bench quantizes a model with structure; returns
+    the last training loss and leaves the model in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    loss = float("nan")
+    for _ in range(steps):
+        idx = torch.randint(0, len(stream) - context - 1, (16,), generator=g)
+        x = torch.stack([stream[i:i + context] for i in idx])
+        out = model(input_ids=x, labels=x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        loss = float(out.loss.detach())
+    model.eval()
+    return loss
 
 
 def headline(what: str, value: float, unit: str = "", target: str | None = None,

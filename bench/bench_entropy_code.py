@@ -26,6 +26,7 @@ import platform
 import time
 from pathlib import Path
 
+import _common as C
 import numpy as np
 import torch
 from transformers import GPTNeoXForCausalLM
@@ -56,23 +57,6 @@ def _markov_stream(n: int, seed: int) -> np.ndarray:
         cur = int(rand_tok[i]) if noise[i] else int(succ[cur, choice[i]])
         out[i] = cur
     return out
-
-
-def _train(model, stream: torch.Tensor, steps: int, lr: float, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    loss = float("nan")
-    for _ in range(steps):
-        idx = torch.randint(0, len(stream) - T - 1, (16,), generator=g)
-        x = torch.stack([stream[i:i + T] for i in idx])
-        out = model(input_ids=x, labels=x)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        loss = float(out.loss.detach())
-    model.eval()
-    return loss
 
 
 def _suite_models(root: Path, names: list[str] | None):
@@ -158,7 +142,7 @@ def main() -> None:
             cfg = neox_config(SIZES[name], VOCAB, CTX)
             torch.manual_seed(args.seed)
             model = GPTNeoXForCausalLM(cfg).float()
-            loss, train_s = _time(_train, model, stream[:40_000], args.steps, 3e-3, args.seed)
+            loss, train_s = _time(C.train_briefly, model, stream[:40_000], T, args.steps, 3e-3, args.seed)
             models.append((name, f"synthetic {name}, {args.steps} steps, loss {loss:.3f}, "
                                  f"{train_s:.1f} s", model))
         source = f"synthetic Markov stream, {args.steps} AdamW steps (no suite at {args.suite})"

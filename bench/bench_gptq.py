@@ -20,6 +20,7 @@ import os
 import platform
 import time
 
+import _common as C
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -51,23 +52,6 @@ def _model(width: int, seed: int) -> GPTNeoXForCausalLM:
                         use_parallel_residual=True, tie_word_embeddings=False, use_cache=False)
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(cfg).float()
-
-
-def _train(model, stream, steps: int, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    model.train()
-    loss = float("nan")
-    for _ in range(steps):
-        idx = torch.randint(0, len(stream) - T - 1, (16,), generator=g)
-        x = torch.stack([stream[i:i + T] for i in idx])
-        out = model(input_ids=x, labels=x)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        loss = float(out.loss.detach())
-    model.eval()
-    return loss
 
 
 @torch.no_grad()
@@ -106,7 +90,7 @@ def main() -> None:
     for width in args.widths:
         model = _model(width, args.seed)
         t0 = time.perf_counter()
-        train_loss = _train(model, train, args.steps, args.seed)
+        train_loss = C.train_briefly(model, train, T, args.steps, 2e-3, args.seed)
         train_s = time.perf_counter() - t0
         f = _nll(model, evals)
         n = sum(p.numel() for p in model.parameters())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from functools import partial
@@ -29,11 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-try:
-    import _common  # noqa: E402  (bench/: the machine description, load at start)
-except ImportError:
-    _common = None
-
+import _common as C  # noqa: E402  (bench/: timing, the machine description)
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
 from genbound_assets.measure.hessian import HessianOperator, slq  # noqa: E402
@@ -68,31 +63,9 @@ def build(preset: str, dtype: torch.dtype, device: str, seed: int) -> GPTNeoXFor
 def measure(fns: dict, repeats: int, device: str) -> dict:
     """Round-robin timing (so load drifts hit every candidate alike): min and median wall
     seconds and median CPU seconds of this process, after one warm-up call each."""
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for fn in fns.values():
-        fn()
-    sync()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            sync()
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {
-        k: {
-            "min": min(wall[k]),
-            "median": statistics.median(wall[k]),
-            "cpu_median": statistics.median(cpu[k]),
-        }
-        for k in fns
-    }
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    t = C.side_by_side(fns, repeats, sync=sync)
+    return {k: {q: d[q] for q in ("min", "median", "cpu_median")} for k, d in t.items()}
 
 
 def main(argv=None) -> dict:
@@ -206,7 +179,7 @@ def main(argv=None) -> dict:
 
 
 def _machine() -> dict:
-    return {} if _common is None else _common.machine_info()
+    return C.machine_info()
 
 
 if __name__ == "__main__":
