@@ -127,8 +127,9 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
                     raise ValueError(f"token id {top} in windows {batch.index[:3].tolist()}... is "
                                      f"outside the model's vocabulary [0, {vocab})")
                 ids = torch.from_numpy(batch.inputs).to(dev)
-                mask = attention_mask(batch.segments, dt, _buffer(buffers, "mask", len(batch), T * T, dt,
-                                                                  torch.device("cpu")).view(-1, T, T))
+                mask_out = None if batch.segments is None else _buffer(   # no mask: no buffer
+                    buffers, "mask", len(batch), T * T, dt, torch.device("cpu")).view(-1, T, T)
+                mask = attention_mask(batch.segments, dt, mask_out)
                 logits = model(input_ids=ids, attention_mask=None if mask is None else mask.to(dev),
                                use_cache=False).logits
                 if logits.shape[-1] != vocab:
