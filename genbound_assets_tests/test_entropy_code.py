@@ -36,14 +36,6 @@ from genbound_assets.measure.rtn import group_index, pack_fields
 VOCAB, HIDDEN, LAYERS, INTER, T = 257, 32, 2, 128, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _stream(n: int, seed: int) -> torch.Tensor:
     """A low-entropy synthetic token stream (4 likely successors per token)."""
     g = torch.Generator().manual_seed(seed)

@@ -30,15 +30,6 @@ pytestmark = pytest.mark.slow
 VOCAB, HIDDEN, LAYERS, INTER, CTX, T = 260, 64, 2, 256, 128, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 cores shared by many processes: intra-op threading makes tiny models ~30x slower.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _stream(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     steps = torch.randint(0, 3, (n,), generator=g)
