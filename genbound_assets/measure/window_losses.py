@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from genbound_assets.bounds.loss_range import smoothed_min_entropy
 from genbound_assets.data.order import IGNORE, WindowBatch, WindowOrder
 
 __all__ = ["WindowLosses", "window_losses", "attention_mask"]
@@ -208,8 +209,6 @@ def _reduce(logits: torch.Tensor, target: torch.Tensor, alphas: Sequence[float],
     rounding safe are in the module docstring.  ``overwrite`` lets it use ``logits`` as scratch
     space (window_losses' own forward output, not used after).  A non-finite logit makes the row's X non-finite
     (the caller checks the outputs)."""
-    from genbound_assets.bounds.loss_range import smoothed_min_entropy
-
     n, vocab = logits.shape
     wd = torch.float64 if logits.dtype == torch.float64 else torch.float32
     dev = logits.device
