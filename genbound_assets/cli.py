@@ -83,6 +83,9 @@ def main() -> None:
     The store is Postgres: $GENBOUND_DATABASE_URL (postgresql://...) or, when unset,
     an embedded server under $GENBOUND_DATA_DIR (default ~/.local/share/genbound).
     """
+    from genbound_assets.runtime import tune_allocator
+
+    tune_allocator()
 
 
 @main.command("setup-db")

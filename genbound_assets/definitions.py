@@ -13,6 +13,9 @@ from pathlib import Path
 import dagster as dg
 
 from genbound_assets.defs.sql.lineage import link_table_lineage
+from genbound_assets.runtime import tune_allocator
+
+tune_allocator()   # every process that loads the code location: dagster dev, run and step workers
 
 
 def build_defs() -> dg.Definitions:

@@ -37,6 +37,9 @@ def _one_torch_thread():
     two OpenMP threads spin-wait and run several times slower than one."""
     import torch
 
+    from genbound_assets.runtime import tune_allocator
+
+    tune_allocator()          # as every genbound process does (genbound_assets/runtime.py)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
