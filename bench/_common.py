@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run as `python bench/x.py` from any directory
     sys.path.insert(0, str(REPO))
 
+from genbound_assets.runtime import tune_allocator  # noqa: E402  (after the path fix above)
+
+# the allocator setting of every genbound process (genbound_assets/runtime.py), so a bench
+# times what the pipeline runs; GENBOUND_MALLOC_TUNING=0 times glibc's defaults instead
+ALLOCATOR_TUNED = tune_allocator()
+
 
 def cpu_model() -> str:
     try:
@@ -80,7 +86,7 @@ def machine_info() -> dict:
         "cpu": cpu_model(), "arch": platform.machine(), "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "mem_gib": mem_total_gib(), "python": platform.python_version(), "numpy": np.__version__,
-        "loadavg_start": LOAD_AT_START,
+        "loadavg_start": LOAD_AT_START, "malloc_tuned": ALLOCATOR_TUNED,
         "hostname_kind": "shared CI/dev box" if os.cpu_count() and os.cpu_count() <= 2 else None,
     }
     try:
@@ -124,8 +130,10 @@ def matmul_peak(dtype=None, size: int = 1024, reps: int = 8, rounds: int = 3,
 def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                  sync: Callable[[], None] | None = None) -> dict:
     """Round-robin timing (A, B, A, B, ...) so load drift on a shared box hits every candidate
-    alike.  ``sync`` runs after each call inside the timing (e.g. torch.cuda.synchronize).
-    Returns {name: {"median": s, "min": s, "cpu_median": s, "all": [...]}}."""
+    alike; the order rotates each repeat (B, A, ...), so no candidate always runs right after the
+    same one (a candidate that leaves the heap fragmented slows whichever runs next).  ``sync`` runs after each call inside the timing (e.g. torch.cuda.synchronize).
+    Returns {name: {"median": s, "min": s, "cpu_median": s, "all": [...], "cpu_all": [...]}}
+    (``all``/``cpu_all``: per repeat, so ``paired_ratio`` can pair the candidates' repeats)."""
     sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
@@ -133,16 +141,25 @@ def side_by_side(fns: dict[str, Callable[[], object]], repeats: int, warmup: int
     sync()
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[k]
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]),
-                "cpu_median": statistics.median(cpu[k]), "all": [round(x, 6) for x in wall[k]]}
+                "cpu_median": statistics.median(cpu[k]), "all": [round(x, 6) for x in wall[k]],
+                "cpu_all": [round(x, 6) for x in cpu[k]]}
             for k in fns}
+
+
+def paired_ratio(t: dict, num: str, den: str, key: str = "cpu_all") -> float:
+    """Median over repeats of t[num][r] / t[den][r] from ``side_by_side``: each repeat's two
+    timings ran in the same round, so load drift between rounds cancels in the ratio."""
+    return statistics.median(a / b for a, b in zip(t[num][key], t[den][key], strict=True))
 
 
 def train_briefly(model, stream, context: int, steps: int, lr: float, seed: int) -> float:
