@@ -121,3 +121,30 @@ def test_mask_rule_for_segments_that_decrease_and_for_one_document():
     got = wl.attention_mask(seg, torch.float32).numpy()[:, 0]
     np.testing.assert_array_equal(got == 0, allowed)
     assert wl.attention_mask(np.full((3, T), 4), torch.float32) is None
+
+
+def test_block_mask_rewritten_from_the_previous_batch_is_exact():
+    """A sequence of batches of different sizes through one buffer and one state (what
+    window_losses does): each mask equals a freshly built one; the control without the state
+    shows that a stale buffer would differ (the state's clearing is doing work)."""
+    rng = np.random.default_rng(3)
+    T = 20
+    buf, state = torch.empty(12, T, T), {}
+    for n in (12, 5, 9, 12, 3, 12):
+        seg = _segments(rng, n, T)
+        want = wl.attention_mask(seg, torch.float32).numpy()
+        got = wl.attention_mask(seg, torch.float32, buf, state).numpy()
+        np.testing.assert_array_equal(got, want)
+    # a non-monotone batch in between invalidates the state
+    wl.attention_mask(_segments(rng, 12, T, monotone=False), torch.float32, buf, state)
+    assert state == {}
+    seg = _segments(rng, 12, T)
+    np.testing.assert_array_equal(wl.attention_mask(seg, torch.float32, buf, state).numpy(),
+                                  wl.attention_mask(seg, torch.float32).numpy())
+    # control: fill only the new blocks over the previous mask (no clearing): wrong entries
+    prev, nxt = _segments(rng, 12, T), _segments(rng, 12, T)
+    wl.attention_mask(prev, torch.float32, buf)
+    stale = buf.clone()
+    for r, a, c in wl._blocks(nxt):
+        stale[r, a:c, :a] = float(torch.finfo(torch.float32).min)
+    assert not torch.equal(stale[:, None], wl.attention_mask(nxt, torch.float32))

@@ -76,17 +76,21 @@ _TRIL_ADD: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
 
 def attention_mask(segments: np.ndarray, dtype: torch.dtype,
-                   out: torch.Tensor | None = None) -> torch.Tensor | None:
+                   out: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor | None:
     """Additive (n, 1, T, T) mask: causal within a segment; None when every row is one segment
     (then the model's own causal mask is the same thing).  The trainer's rule (families/suite.py).
-    ``out``: a (>= n, T, T) tensor of ``dtype`` to write into (reused across batches)."""
+    ``out``: a (>= n, T, T) tensor of ``dtype`` to write into (reused across batches);
+    ``state``: a dict kept with ``out`` between calls, so that the next mask only rewrites the
+    blocks that differ (_block_mask)."""
     if segments is None or np.all(segments == segments[:, :1]):
         return None
     n, T = segments.shape
     if out is not None:
         out = out[:n]
     if np.all(segments[:, 1:] >= segments[:, :-1]):
-        return _block_mask(segments, dtype, out)[:, None]
+        return _block_mask(segments, dtype, out, state)[:, None]
+    if state is not None:
+        state.clear()                  # ``out`` no longer holds a block mask
     if T not in _TRIL:
         _TRIL[T] = torch.ones((T, T), dtype=torch.bool).tril_()
     seg = torch.from_numpy(np.ascontiguousarray(segments))
@@ -96,24 +100,45 @@ def attention_mask(segments: np.ndarray, dtype: torch.dtype,
     return m[:, None]
 
 
-def _block_mask(segments: np.ndarray, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+def _blocks(segments: np.ndarray) -> list[tuple[int, int, int]]:
+    """(row, a, c) for each later segment [a, c) of each row: rows a..c-1 of that window's mask
+    must not see columns < a."""
+    T = segments.shape[1]
+    rows, cols = np.nonzero(segments[:, 1:] != segments[:, :-1])
+    starts = cols + 1
+    ends = np.full(len(starts), T)
+    same_row = np.flatnonzero(rows[1:] == rows[:-1])
+    ends[same_row] = starts[same_row + 1]
+    return list(zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True))
+
+
+def _block_mask(segments: np.ndarray, dtype: torch.dtype, out: torch.Tensor | None,
+                state: dict | None = None) -> torch.Tensor:
     """attention_mask for rows whose segments never decrease (documents in stream order): the
-    causal mask, then for each segment [a, c) of a row, rows a..c-1 blocked from columns < a.
-    One copy and a fill per document boundary instead of three passes over n T^2 entries."""
+    causal mask with, for each later segment [a, c) of a row, rows a..c-1 blocked from columns
+    < a.  With ``state`` from the previous call on the same ``out``, only the previous blocks are
+    cleared and the new ones filled (a few % of the n T^2 entries); else one causal copy first."""
     n, T = segments.shape
     key = (T, dtype)
     if key not in _TRIL_ADD:
         _TRIL_ADD[key] = torch.full((T, T), torch.finfo(dtype).min, dtype=dtype).triu_(1)
     m = out if out is not None else torch.empty((n, T, T), dtype=dtype)
-    m.copy_(_TRIL_ADD[key].expand(n, T, T))
-    rows, cols = np.nonzero(segments[:, 1:] != segments[:, :-1])
-    starts = cols + 1                                   # first column of each later segment
-    ends = np.full(len(starts), T)
-    same_row = np.flatnonzero(rows[1:] == rows[:-1])
-    ends[same_row] = starts[same_row + 1]
+    blocks = _blocks(segments)
+    ident = (m.data_ptr(), T, dtype)
+    if state is not None and out is not None and state.get("ident") == ident:
+        done = min(n, state["rows"])   # rows 0..done-1 hold the causal mask + the old blocks
+        for r, a, c in state["blocks"]:
+            if r < done:
+                m[r, a:c, :a] = 0.0
+        if done < n:
+            m[done:].copy_(_TRIL_ADD[key].expand(n - done, T, T))
+    else:
+        m.copy_(_TRIL_ADD[key].expand(n, T, T))
     blocked = float(torch.finfo(dtype).min)
-    for r, a, c in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True):
+    for r, a, c in blocks:
         m[r, a:c, :a] = blocked
+    if state is not None and out is not None:   # rows 0..n-1 now hold the causal mask + blocks
+        state.update(ident=ident, rows=n, blocks=blocks)
     return m
 
 
@@ -178,6 +203,7 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("column", *keys)}
     counts_u = np.zeros(len(uniq), dtype=np.int64)      # targets per unique window
     buffers: dict[str, torch.Tensor] = {}               # scratch space reused across batches
+    mask_state: dict = {}                               # what the "mask" buffer holds
     T = order.context_length
     was_training = model.training
     model.eval()
@@ -192,7 +218,7 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
                 ids = torch.from_numpy(batch.inputs).to(dev)
                 mask_out = None if batch.segments is None else _buffer(   # no mask: no buffer
                     buffers, "mask", len(batch), T * T, dt, torch.device("cpu")).view(-1, T, T)
-                mask = attention_mask(batch.segments, dt, mask_out)
+                mask = attention_mask(batch.segments, dt, mask_out, mask_state)
                 mask = None if mask is None else mask.to(dev)
                 keep = batch.labels != IGNORE
                 rows = np.flatnonzero(keep)                      # target positions, row-major
