@@ -1,6 +1,6 @@
 """Token evaluation by windows vs a bare transformers forward, and vs the old per-pair path.
 
-    .venv/bin/python bench/bench_window_losses.py [--presets demo-133k pythia-shape pythia-70m] [--repeats 7]
+    .venv/bin/python bench/bench_window_losses.py [--presets demo-133k pythia-shape pythia-70m] [--repeats N]
 
 Side by side in one run, round-robin, same model, same tokens, same batches, 1 torch thread:
 
@@ -39,14 +39,14 @@ PRESETS = {
     # the demo suite's largest size (suite.neox_config neox-133k: d 64, 2 layers, V 257), T 128,
     # the pipeline's batch of 32 windows
     "demo-133k": dict(vocab=257, hidden=64, layers=2, heads=4, T=128, batch=32, windows=128,
-                      pairs=64, doc=300),
+                      pairs=64, doc=300, repeats=21),
     # Pythia's head (V = 50,304) on a CPU-sized trunk (d 256, 4 layers), T 256
     "pythia-shape": dict(vocab=50304, hidden=256, layers=4, heads=4, T=256, batch=8, windows=8,
-                         pairs=16, doc=600),
+                         pairs=16, doc=600, repeats=7),
     # Pythia-70m itself (../shared/reference/pythia.json: d 512, 6 layers, 8 heads,
     # V 50,304, 70.4M parameters), at T 256 instead of 2,048 to fit a CPU run
     "pythia-70m": dict(vocab=50304, hidden=512, layers=6, heads=8, T=256, batch=4, windows=4,
-                       pairs=4, doc=600),
+                       pairs=4, doc=600, repeats=7),
 }
 
 
@@ -154,11 +154,14 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["demo-133k", "pythia-shape", "pythia-70m"],
                     choices=sorted(PRESETS))
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="round-robin rounds per preset (default: the preset's: 21 for the "
+                         "demo shape, whose runs take 0.1 s, 7 for the Pythia shapes)")
     args = ap.parse_args(argv)
     C.one_thread()
     peak = C.matmul_peak()
-    rows = [run_preset(n, args.repeats, peak) for n in args.presets]
+    reps = {n: args.repeats or PRESETS[n]["repeats"] for n in args.presets}
+    rows = [run_preset(n, reps[n], peak) for n in args.presets]
     peak_after = C.matmul_peak()
     heads = []
     for r in rows:
@@ -188,8 +191,9 @@ def main(argv=None) -> dict:
           f"{r['ratio_window_vs_per_pair']:.1f} ({r['ratio_window_vs_per_pair_cpu']:.1f})",
           f"{r['window_peak_fraction']:.2f}, {r['bare_peak_fraction']:.2f}"] for r in rows])
     table.append(f"(matmul peak {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after; "
-                 f"1 torch thread; medians of {args.repeats} round-robin repeats)")
-    return C.emit({"bench": "window_losses", "repeats": args.repeats,
+                 f"1 torch thread; medians of {'/'.join(str(reps[n]) for n in args.presets)} "
+                 f"round-robin repeats)")
+    return C.emit({"bench": "window_losses", "repeats": reps,
                    "matmul_peak_flops": peak, "matmul_peak_flops_after": peak_after,
                    "rows": rows, "headline": heads}, table)
 

@@ -29,7 +29,7 @@ BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
 
 # name -> (script, argv at `make bench` size, what it measures)
 BENCHES: dict[str, tuple[str, list[str], str]] = {
-    "window_losses": ("bench_window_losses.py", ["--repeats", "3"],
+    "window_losses": ("bench_window_losses.py", [],
                       "token evaluation by windows vs a bare forward and vs the per-pair path"),
     "freedman": ("bench_freedman.py", ["--ns", "10000", "100000", "1000000", "--repeats", "3"],
                  "Sigma over the 1000-point grid vs n"),
