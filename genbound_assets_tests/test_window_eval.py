@@ -148,3 +148,18 @@ def test_block_mask_rewritten_from_the_previous_batch_is_exact():
     for r, a, c in wl._blocks(nxt):
         stale[r, a:c, :a] = float(torch.finfo(torch.float32).min)
     assert not torch.equal(stale[:, None], wl.attention_mask(nxt, torch.float32))
+
+
+def test_block_mask_state_does_not_carry_over_to_a_new_buffer():
+    """A fresh buffer (even one the allocator places where a freed one was) gets a full build:
+    the state holds the buffer it describes, so no other buffer can share its address."""
+    rng = np.random.default_rng(4)
+    T, state = 16, {}
+    seg = _segments(rng, 6, T)
+    wl.attention_mask(seg, torch.float32, torch.empty(6, T, T), state)
+    for _ in range(5):
+        fresh = torch.full((6, T, T), 7.0)
+        assert fresh.data_ptr() != state["ident"][0]
+        seg = _segments(rng, 6, T)
+        np.testing.assert_array_equal(wl.attention_mask(seg, torch.float32, fresh, state).numpy(),
+                                      wl.attention_mask(seg, torch.float32).numpy())

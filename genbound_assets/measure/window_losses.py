@@ -138,7 +138,8 @@ def _block_mask(segments: np.ndarray, dtype: torch.dtype, out: torch.Tensor | No
     for r, a, c in blocks:
         m[r, a:c, :a] = blocked
     if state is not None and out is not None:   # rows 0..n-1 now hold the causal mask + blocks
-        state.update(ident=ident, rows=n, blocks=blocks)
+        # holding ``m`` keeps its memory alive, so a new buffer cannot reuse the address
+        state.update(ident=ident, rows=n, blocks=blocks, held=m)
     return m
 
 
