@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from genbound_assets.data.stream import TokenStream
 from genbound_assets.families.models import resolve_device_dtype
+from genbound_assets.measure.head_split import split_head
 
 # Rows of the LM head evaluated at once: rows * V float64 values stay near this many elements
 # (the reduction reuses three such buffers, _Workspace).  On CPU, 8 MB buffers stay in cache
@@ -147,48 +148,17 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 def _split_model(model):
     """(trunk, head): trunk(ids) -> final hidden states, head(h) -> logits, or (None, None) to run
-    the model whole ("hidden" rows are then already logits).
-
-    For any transformers causal LM the candidate split is the base model (``model.base_model``:
-    ``gpt_neox``, ``model``, ``transformer``, ...) and the output embeddings.  It is used only
-    when a probe forward shows it *is* the model's own forward split before the LM head: the
-    head's input equals the trunk's ``last_hidden_state`` and the model's logits equal the head's
-    output, bit for bit (so no soft-capping or logit scaling follows the head).  Otherwise the
-    model runs whole, which is exact but evaluates the head on every position."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    trunk = getattr(model, "base_model", None)
-    if head is None or trunk is None or trunk is model:
+    the model whole ("hidden" rows are then already logits).  The split is measure/head_split.py's,
+    verified on the model by a probe forward."""
+    split = split_head(model)
+    if split is None:
         return None, None
+    trunk, head = split
 
     def run_trunk(ids):
         return trunk(input_ids=ids, use_cache=False).last_hidden_state
 
-    dev, _ = _model_device_dtype(model)
-    vocab = int(getattr(model.config, "vocab_size", 2) or 2)
-    ids = (torch.arange(5, device=dev)[None, :] * 7919) % max(vocab, 1)
-    seen = {}
-
-    def hook(_mod, inputs, output):
-        seen["in"], seen["out"] = inputs[0], output
-
-    handle = head.register_forward_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(input_ids=ids, use_cache=False).logits
-            hid = run_trunk(ids)
-    except Exception:
-        return None, None
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if "out" not in seen or not isinstance(seen["out"], torch.Tensor):
-        return None, None
-    same_in = seen["in"].shape == hid.shape and torch.equal(seen["in"], hid)
-    out = seen["out"].to(logits.dtype)
-    same_out = out.shape == logits.shape and torch.equal(out, logits)
-    return (run_trunk, head) if same_in and same_out else (None, None)
+    return run_trunk, head
 
 
 class _Workspace:
