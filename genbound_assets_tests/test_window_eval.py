@@ -56,7 +56,7 @@ def test_chunked_head_gives_the_models_own_losses(kind, monkeypatch):
     monkeypatch.setattr(wl, "_MIN_HEAD_ROWS", 16)
     windows = np.array([3, 0, 7, 3, 11])                            # unsorted, with a repeat
     split = wl.window_losses(model, order, windows, alphas=(0.05, 0.3), batch_size=3)
-    monkeypatch.setattr(wl, "_PLAIN_HEAD", frozenset())             # the model's own forward
+    monkeypatch.setattr(wl, "split_head", lambda m: None)           # the model's own forward
     assert wl._split_head(model, vocab) is None
     full = wl.window_losses(model, order, windows, alphas=(0.05, 0.3), batch_size=3)
     np.testing.assert_array_equal(split.window, full.window)
@@ -74,6 +74,30 @@ def test_chunked_head_gives_the_models_own_losses(kind, monkeypatch):
                        attention_mask=wl.attention_mask(b.segments, torch.float32)).logits.double()
     exact = -torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(np.where(keep, b.labels, 0))[..., None])[..., 0]
     gap = split.loss - exact.numpy()[keep]
+    assert gap.min() > -1e-5 and gap.max() < 1e-5
+
+
+def test_post_processed_logits_run_the_model_whole():
+    """Gemma2 soft-caps its logits after the head: the probe rejects the split, and the losses
+    are the model's own (the exact loss of its forward, as for the split models)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    vocab = 97
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=64,
+        final_logit_softcapping=1.0)).eval()
+    assert wl._split_head(model, vocab) is None
+    order = _order(vocab)
+    res = wl.window_losses(model, order, [2, 5], alphas=(0.1,))
+    b = order.batch([2, 5])
+    keep = b.labels != -100
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(b.inputs),
+                       attention_mask=wl.attention_mask(b.segments, torch.float32)).logits.double()
+    exact = -torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(np.where(keep, b.labels, 0))[..., None])[..., 0]
+    gap = res.loss - exact.numpy()[keep]
     assert gap.min() > -1e-5 and gap.max() < 1e-5
 
 

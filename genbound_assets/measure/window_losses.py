@@ -11,10 +11,11 @@ p over the full logit dimension V:
     smoothed_loss[alpha] = -log q(x)    smoothed_entropy[alpha] = H(q)
 
 Logits come out in the model's dtype and are reduced in float32 (float64 when the model runs in
-float64), chunked over rows so that the buffers stay in cache.  For the plain-head classes of
-_PLAIN_HEAD at V <= 2,048 (the demo suite) the model's trunk runs once per batch and its head on
-2 MB chunks of the target rows, each reduced while it is in cache: the same logits as the
-model's own forward, never written out whole (docs/performance.md, section 1).  Two rules make
+float64), chunked over rows so that the buffers stay in cache.  On a CPU at V <= 2,048 (the demo
+suite), for a model whose forward is head(trunk(...)) (measure/head_split.py), the trunk runs
+once per batch and the head on 2 MB chunks of the target rows, each reduced while it is in
+cache: the same logits as the model's own forward, never written out whole (docs/performance.md,
+section 1).  Two rules make
 the rounding of the reduction harmless to the certificates (derivation: docs/bounds.md,
 "Rounding of the reduction"):
 
@@ -45,6 +46,7 @@ import torch
 
 from genbound_assets.bounds.loss_range import smoothed_min_entropy
 from genbound_assets.data.order import IGNORE, WindowBatch, WindowOrder
+from genbound_assets.measure.head_split import split_head
 
 __all__ = ["WindowLosses", "window_losses", "attention_mask"]
 
@@ -148,29 +150,19 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-# Causal LMs whose forward is exactly ``logits = lm_head(base_model(...).last_hidden_state)``
-# (transformers 5: no logit scaling, soft-capping or bias added after the head).  For these the
-# head runs on L2-sized chunks of target rows and each chunk is reduced while it is in cache;
-# every other class runs its own forward and the full logits are reduced.
-_PLAIN_HEAD = frozenset({"GPTNeoXForCausalLM", "GPT2LMHeadModel", "LlamaForCausalLM",
-                         "MistralForCausalLM", "Qwen2ForCausalLM"})
 _MIN_HEAD_ROWS = 256          # below this many rows per chunk (V > 2,048) the head runs once
 
 
 def _split_head(model, vocab: int):
-    """(trunk, head) on a CPU when the model's logits are head(trunk(...).last_hidden_state)
-    and a chunk holds at least _MIN_HEAD_ROWS rows; else None (the model's own forward is used:
-    on an accelerator, or where a chunk of a few rows would make the head's matmul re-read its
-    weight per chunk)."""
+    """(trunk, head) on a CPU when the model's forward is head(trunk(...)) (measure/head_split.py,
+    checked by a probe forward) and a chunk holds at least _MIN_HEAD_ROWS rows; else None: the
+    model's own forward runs (on an accelerator, where its logits are post-processed after the
+    head, or where a chunk of a few rows would make the head's matmul re-read its weight per
+    chunk)."""
     dev = _device_dtype(model)[0]
-    if (type(model).__name__ not in _PLAIN_HEAD or dev.type != "cpu"
-            or _chunk_rows(vocab, dev) < _MIN_HEAD_ROWS):
+    if dev.type != "cpu" or _chunk_rows(vocab, dev) < _MIN_HEAD_ROWS:
         return None
-    head = model.get_output_embeddings()
-    trunk = getattr(model, "base_model", None)
-    if head is None or trunk is None or trunk is model:
-        return None
-    return trunk, head
+    return split_head(model)
 
 
 def _chunk_rows(vocab: int, device: torch.device) -> int:
@@ -227,11 +219,14 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
                     trunk, head = split
                     hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                     hidden = hidden.reshape(-1, hidden.shape[-1])
-                    if len(rows) < len(hidden):
+                    if 10 * len(rows) < 9 * len(hidden):     # many non-targets: skip their head
                         hidden = hidden.index_select(0, torch.from_numpy(rows).to(dev))
+                        tgt = torch.from_numpy(batch.labels.reshape(-1)[rows]).to(dev)
+                        picked = None
+                    else:                                     # a few: no copy, dropped after
+                        tgt = torch.from_numpy(np.where(keep, batch.labels, 0).reshape(-1)).to(dev)
+                        picked = rows
                     logits = _HeadRows(hidden, head, vocab)
-                    tgt = torch.from_numpy(batch.labels.reshape(-1)[rows]).to(dev)
-                    picked = None
                 else:   # every position is reduced (no copy of the logits); non-targets dropped after
                     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                     if logits.shape[-1] != vocab:
@@ -316,8 +311,8 @@ def _row_sums(e: torch.Tensor, s_buf: torch.Tensor | None) -> torch.Tensor:
     w = vocab // SUM_BLOCK
     if w == 0:
         return e.double().sum(-1)
-    part = s_buf[:k, :w].copy_(e[:, :SUM_BLOCK * w].view(k, SUM_BLOCK, w).sum(1))
-    z = part.sum(-1)
+    part = torch.sum(e[:, :SUM_BLOCK * w].view(k, SUM_BLOCK, w), 1, out=s_buf[:k, :w])   # float32
+    z = part.sum(-1, dtype=torch.float64)
     if SUM_BLOCK * w < vocab:
         z += e[:, SUM_BLOCK * w:].double().sum(-1)
     return z
@@ -348,7 +343,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     # Z's sum: float32 partial sums of SUM_BLOCK terms (error <= (SUM_BLOCK - 1) u32 relative,
     # whatever the order), then float64 over the partials in a reused buffer
     width = vocab // SUM_BLOCK
-    s_buf = _buffer(bufs, "s", m, width, torch.float64, dev) if wd != torch.float64 else None
+    s_buf = _buffer(bufs, "s", m, width, torch.float32, dev) if wd != torch.float64 else None
     d_buf = _buffer(bufs, "d", m, vocab, wd, dev) if entropy else None
     q_buf = _buffer(bufs, "q", m, vocab, wd, dev) if len(alphas) > 1 else None
     lq_buf = _buffer(bufs, "lq", m, vocab, wd, dev) if alphas else None
@@ -401,10 +396,18 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
+_EINSUM_MAX_V = 2_048         # numpy's einsum accumulates serially: fine for short rows only
+
+
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row sums of a * b in float64, computed in place in ``b`` (scratch after the call).
-    torch's float32 sum is blocked (error ~1e-7 relative at V = 50,304); numpy's einsum, one
-    pass cheaper, accumulates serially and misses the proxies' 1e-4 tolerance there."""
+    """Per-row sums of a * b in float64; ``b`` is scratch after the call.  For entropies, which
+    need no error bound, only accuracy enough for a good proxy: numpy's einsum (one pass, no
+    product array) on a CPU for rows of at most _EINSUM_MAX_V entries, else in place in ``b``
+    with torch's blocked float32 sum (numpy's serial accumulation misses the proxies' 1e-4
+    tolerance at V = 50,304: 2-7e-4)."""
+    if (a.shape[-1] <= _EINSUM_MAX_V and a.device.type == "cpu" and a.dtype == torch.float32
+            and a.is_contiguous() and b.is_contiguous()):
+        return torch.from_numpy(np.einsum("ij,ij->i", a.numpy(), b.numpy())).double()
     return b.mul_(a).sum(-1).double()
 
 
