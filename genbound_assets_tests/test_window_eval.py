@@ -187,3 +187,19 @@ def test_block_mask_state_does_not_carry_over_to_a_new_buffer():
         seg = _segments(rng, 6, T)
         np.testing.assert_array_equal(wl.attention_mask(seg, torch.float32, fresh, state).numpy(),
                                       wl.attention_mask(seg, torch.float32).numpy())
+
+
+def test_split_verdict_is_probed_once_per_model_and_head():
+    """The probe (two small forward passes) runs once per model object; replacing the head
+    module makes it probe again."""
+    from genbound_assets.measure.head_split import split_head
+
+    model = _tiny("neox", 97)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    first = split_head(model)
+    assert first == (model.base_model, model.get_output_embeddings()) and len(calls) == 1
+    assert split_head(model) is first and len(calls) == 1            # cached
+    model.set_output_embeddings(torch.nn.Linear(32, 97, bias=False))
+    again = split_head(model)
+    assert again == (model.base_model, model.get_output_embeddings()) and len(calls) == 2
