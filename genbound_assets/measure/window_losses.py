@@ -28,7 +28,7 @@ the rounding of the reduction harmless to the certificates (derivation: docs/bou
   is clamped into [H_min(alpha), log V] ([0, log V] unsmoothed), so the loss range
   Delta = log(V/alpha) - H_min is exact whatever the rounding.  It is computed as
   H(q) = -log c - c sum w log w (q = c w, c = (1 - alpha)/Z, w = e + alpha Z/((1 - alpha) V)),
-  one add and one log per entry; the log is numpy's (no error bound is needed for a proxy).
+  one add and one log2 per entry; the log2 is numpy's (no error bound is needed for a proxy).
 
 On a CPU the exp of Z is numpy's float32 exp, whose relative error (<= 2.1264e-7 over every
 float32, measured exhaustively: scripts/check_numpy_exp.py) is inside the derivation's 2^-22.
@@ -380,7 +380,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
             # w = e + alpha Z/((1 - alpha) V); the last alpha overwrites e (not needed after it)
             beta = (zc * (u / kp)).to(wd)[:, None]
             w = e.add_(beta) if i == len(alphas) - 1 else torch.add(e, beta, out=q_buf[:k])
-            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))
+            wlw[i][c0:c1] = _rowdot(w, _log2(w, lq_buf[:k]))       # sum w log2 w
     log_z = torch.log(z)
     x = log_z.add_(math.log1p(ETA)).sub_(dx)      # X >= the exact loss
     log_v = math.log(vocab)
@@ -392,7 +392,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     for i, (a, kp, u) in enumerate(zip(alphas, keeps, unifs, strict=True)):
         c = kp / z
         out[f"sl{i}"] = torch.log(px * kp + u).neg_()
-        out[f"se{i}"] = (-torch.log(c) - c * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
+        out[f"se{i}"] = (-torch.log(c) - (c * math.log(2.0)) * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
@@ -423,11 +423,12 @@ def _exp_(x: torch.Tensor) -> torch.Tensor:
     return x.exp_()
 
 
-def _log(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Elementwise log into ``out``.  On a CPU, numpy's float32 log (SIMD, ~3x torch's there):
-    it serves only the entropy proxy, which needs no error bound (module docstring)."""
+def _log2(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Elementwise log2 into ``out``.  On a CPU, numpy's float32 log2 (SIMD, ~4x torch's log
+    there, and a quarter faster than numpy's log): it serves only the entropy proxy, which needs
+    no error bound (module docstring)."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and out.is_contiguous():
         with np.errstate(invalid="ignore", divide="ignore"):   # NaN rows: the caller raises
-            np.log(x.numpy(), out=out.numpy())
+            np.log2(x.numpy(), out=out.numpy())
         return out
-    return torch.log(x, out=out)
+    return torch.log2(x, out=out)
