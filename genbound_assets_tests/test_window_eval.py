@@ -44,6 +44,19 @@ def _tiny(kind: str, vocab: int):
     return LlamaForCausalLM(cfg).eval()
 
 
+def _assert_own_forward_losses(model, order, windows, res) -> None:
+    """``res.loss`` within 1e-5 of the exact (float64) loss of the model's own forward."""
+    b = order.batch(windows)
+    keep = b.labels != -100
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(b.inputs),
+                       attention_mask=wl.attention_mask(b.segments, torch.float32)).logits.double()
+    tgt = torch.from_numpy(np.where(keep, b.labels, 0))[..., None]
+    exact = -torch.log_softmax(logits, -1).gather(-1, tgt)[..., 0]
+    gap = res.loss - exact.numpy()[keep]
+    assert gap.min() > -1e-5 and gap.max() < 1e-5, (gap.min(), gap.max())
+
+
 @pytest.mark.parametrize("kind", ["neox", "gpt2", "llama"])
 def test_chunked_head_gives_the_models_own_losses(kind, monkeypatch):
     """The split path (trunk, then the head on L2-sized chunks of target rows; several chunks
@@ -66,15 +79,7 @@ def test_chunked_head_gives_the_models_own_losses(kind, monkeypatch):
     for a in (0.05, 0.3):
         np.testing.assert_allclose(split.smoothed_loss[a], full.smoothed_loss[a], rtol=0, atol=2e-6)
         np.testing.assert_allclose(split.smoothed_entropy[a], full.smoothed_entropy[a], rtol=0, atol=2e-5)
-    # against the exact (float64) loss of the model's own forward
-    b = order.batch(windows)
-    keep = b.labels != -100
-    with torch.no_grad():
-        logits = model(input_ids=torch.from_numpy(b.inputs),
-                       attention_mask=wl.attention_mask(b.segments, torch.float32)).logits.double()
-    exact = -torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(np.where(keep, b.labels, 0))[..., None])[..., 0]
-    gap = split.loss - exact.numpy()[keep]
-    assert gap.min() > -1e-5 and gap.max() < 1e-5
+    _assert_own_forward_losses(model, order, windows, split)
 
 
 def test_post_processed_logits_run_the_model_whole():
@@ -90,15 +95,7 @@ def test_post_processed_logits_run_the_model_whole():
         final_logit_softcapping=1.0)).eval()
     assert wl._split_head(model, vocab) is None
     order = _order(vocab)
-    res = wl.window_losses(model, order, [2, 5], alphas=(0.1,))
-    b = order.batch([2, 5])
-    keep = b.labels != -100
-    with torch.no_grad():
-        logits = model(input_ids=torch.from_numpy(b.inputs),
-                       attention_mask=wl.attention_mask(b.segments, torch.float32)).logits.double()
-    exact = -torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(np.where(keep, b.labels, 0))[..., None])[..., 0]
-    gap = res.loss - exact.numpy()[keep]
-    assert gap.min() > -1e-5 and gap.max() < 1e-5
+    _assert_own_forward_losses(model, order, [2, 5], wl.window_losses(model, order, [2, 5], alphas=(0.1,)))
 
 
 def test_head_on_every_row_when_the_vocabulary_is_large():
