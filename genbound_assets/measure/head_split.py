@@ -17,6 +17,8 @@ import weakref
 
 import torch
 
+from genbound_assets.measure.model_device import model_device_dtype
+
 __all__ = ["split_head"]
 
 _VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -46,8 +48,7 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
 
 
 def _probe(model, trunk, head) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dev = p.device if p is not None else torch.device("cpu")
+    dev, _ = model_device_dtype(model)
     vocab = int(getattr(model.config, "vocab_size", 2) or 2)
     ids = (torch.arange(5, device=dev)[None, :] * 7919) % max(vocab, 1)
     seen = {}

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from genbound_assets.data.stream import TokenStream
 from genbound_assets.families.models import resolve_device_dtype
 from genbound_assets.measure.head_split import split_head
+from genbound_assets.measure.model_device import model_device_dtype
 
 # Rows of the LM head evaluated at once: rows * V float64 values stay near this many elements
 # (the reduction reuses three such buffers, _Workspace).  On CPU, 8 MB buffers stay in cache
@@ -136,14 +137,6 @@ def _check_vocab(stream: TokenStream, plan: WindowPlan, positions: np.ndarray, v
                 f"vocabulary [0, {vocab}) (it is in the context/target of positions[{j}] = "
                 f"{int(positions[j])})"
             )
-
-
-def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    p = next(model.parameters())
-    return p.device, torch.float32
 
 
 def _split_model(model):
@@ -248,11 +241,11 @@ def token_losses(
         return TokenLosses(pos, loss, ent, vocab, int(context_length), s_loss, s_ent)
 
     if device is not None or dtype is not None:
-        cur_dev, cur_dt = _model_device_dtype(model)
+        cur_dev, cur_dt = model_device_dtype(model)
         dev, dt = resolve_device_dtype(device if device is not None else cur_dev,
                                        dtype if dtype is not None else cur_dt)
         model.to(device=dev, dtype=dt)
-    dev, _ = _model_device_dtype(model)
+    dev, _ = model_device_dtype(model)
     trunk, head = _split_model(model)
 
     # Unique (window, offset) rows: exact duplicates are computed once.
