@@ -47,6 +47,7 @@ import torch
 from genbound_assets.bounds.loss_range import smoothed_min_entropy
 from genbound_assets.data.order import IGNORE, WindowBatch, WindowOrder
 from genbound_assets.measure.head_split import split_head
+from genbound_assets.measure.model_device import model_device_dtype
 
 __all__ = ["WindowLosses", "window_losses", "attention_mask"]
 
@@ -145,11 +146,6 @@ def _block_mask(segments: np.ndarray, dtype: torch.dtype, out: torch.Tensor | No
     return m
 
 
-def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    p = next(p for p in model.parameters() if p.is_floating_point())
-    return p.device, p.dtype
-
-
 _MIN_HEAD_ROWS = 256          # below this many rows per chunk (V > 2,048) the head runs once
 
 
@@ -159,7 +155,7 @@ def _split_head(model, vocab: int):
     model's own forward runs (on an accelerator, where its logits are post-processed after the
     head, or where a chunk of a few rows would make the head's matmul re-read its weight per
     chunk)."""
-    dev = _device_dtype(model)[0]
+    dev = model_device_dtype(model)[0]
     if dev.type != "cpu" or _chunk_rows(vocab, dev) < _MIN_HEAD_ROWS:
         return None
     return split_head(model)
@@ -190,7 +186,7 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     vocab = int(model.config.vocab_size)
     uniq, inverse = np.unique(idx, return_inverse=True)
-    dev, dt = _device_dtype(model)
+    dev, dt = model_device_dtype(model)
     split = _split_head(model, vocab)
     keys = _keys(len(alpha_list), entropy)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("column", *keys)}
@@ -215,25 +211,24 @@ def window_losses(model, order: WindowOrder, windows: Sequence[int] | np.ndarray
                 mask = None if mask is None else mask.to(dev)
                 keep = batch.labels != IGNORE
                 rows = np.flatnonzero(keep)                      # target positions, row-major
-                if split is not None:   # the head runs on the target rows only, chunk by chunk
+                # only the target rows are reduced when the head runs on rows and many positions
+                # are not targets; else every position is (no copy), non-targets dropped after
+                targets_only = split is not None and 10 * len(rows) < 9 * keep.size
+                picked = None if targets_only else rows
+                tgt = torch.from_numpy(batch.labels.reshape(-1)[rows] if targets_only
+                                       else np.where(keep, batch.labels, 0).reshape(-1)).to(dev)
+                if split is not None:   # the head runs chunk by chunk
                     trunk, head = split
                     hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                     hidden = hidden.reshape(-1, hidden.shape[-1])
-                    if 10 * len(rows) < 9 * len(hidden):     # many non-targets: skip their head
+                    if targets_only:
                         hidden = hidden.index_select(0, torch.from_numpy(rows).to(dev))
-                        tgt = torch.from_numpy(batch.labels.reshape(-1)[rows]).to(dev)
-                        picked = None
-                    else:                                     # a few: no copy, dropped after
-                        tgt = torch.from_numpy(np.where(keep, batch.labels, 0).reshape(-1)).to(dev)
-                        picked = rows
                     logits = _HeadRows(hidden, head, vocab)
-                else:   # every position is reduced (no copy of the logits); non-targets dropped after
+                else:
                     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                     if logits.shape[-1] != vocab:
                         raise ValueError(f"model logit dimension {logits.shape[-1]} != config.vocab_size {vocab}")
                     logits = logits.reshape(-1, vocab)
-                    tgt = torch.from_numpy(np.where(keep, batch.labels, 0).reshape(-1)).to(dev)
-                    picked = rows
                 out = _reduce(logits, tgt, alpha_list, entropy, buffers, overwrite=True)
                 for k in keys:
                     parts[k].append(out[k] if picked is None else out[k][picked])
@@ -382,11 +377,11 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
             w = e.add_(beta) if i == len(alphas) - 1 else torch.add(e, beta, out=q_buf[:k])
             wlw[i][c0:c1] = _rowdot(w, _log2(w, lq_buf[:k]))       # sum w log2 w
     log_z = torch.log(z)
-    x = log_z.add_(math.log1p(ETA)).sub_(dx)      # X >= the exact loss
+    x = (log_z + math.log1p(ETA)).sub_(dx)        # X >= the exact loss
     log_v = math.log(vocab)
     out = {"loss": x}
     if entropy:   # H(p) = log Z - sum p d
-        out["entropy"] = (torch.log(z) - pd / z).clamp_(0.0, log_v)
+        out["entropy"] = (log_z - pd / z).clamp_(0.0, log_v)
     if alphas:
         px = torch.exp(-x)
     for i, (a, kp, u) in enumerate(zip(alphas, keeps, unifs, strict=True)):
