@@ -19,14 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from genbound_assets.data.stream import TokenStream
 from genbound_assets.measure import code_size
@@ -41,25 +34,13 @@ from genbound_assets.measure.quantize import (
 )
 from genbound_assets.measure.rtn import rtn_quantize
 from genbound_assets.measure.token_losses import _split_model, token_losses
+from genbound_assets_tests.tiny_models import tiny_causal_lm
 
 VOCAB, HIDDEN, LAYERS, CTX = 96, 64, 2, 64
 
 
 def build(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    if arch == "llama":
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                          max_position_embeddings=CTX, tie_word_embeddings=False)
-        return LlamaForCausalLM(cfg).eval()
-    if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4,
-                         n_positions=CTX, bos_token_id=0, eos_token_id=0)
-        return GPT2LMHeadModel(cfg).eval()
-    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                        num_attention_heads=4, intermediate_size=4 * HIDDEN,
-                        max_position_embeddings=CTX, rotary_pct=0.25, tie_word_embeddings=False)
-    return GPTNeoXForCausalLM(cfg).eval()
+    return tiny_causal_lm(arch, VOCAB, HIDDEN, LAYERS, CTX, seed)
 
 
 def _stream(n: int = 600, seed: int = 3) -> TokenStream:

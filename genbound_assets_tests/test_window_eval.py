@@ -9,6 +9,7 @@ import torch
 from genbound_assets.data.order import StreamWindows
 from genbound_assets.data.stream import build_stream
 from genbound_assets.measure import window_losses as wl
+from genbound_assets_tests.tiny_models import tiny_causal_lm
 
 
 def _order(vocab: int, T: int = 32, batch: int = 4, n_windows: int = 12, seed: int = 0):
@@ -19,29 +20,6 @@ def _order(vocab: int, T: int = 32, batch: int = 4, n_windows: int = 12, seed: i
         docs.append(rng.integers(0, vocab - 1, size=k))
         n += k + 1
     return StreamWindows(build_stream(docs, vocab - 1), T, batch)
-
-
-def _tiny(kind: str, vocab: int):
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTNeoXConfig,
-        GPTNeoXForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(0)
-    if kind == "neox":
-        cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
-        return GPTNeoXForCausalLM(cfg).eval()
-    if kind == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-        return GPT2LMHeadModel(cfg).eval()
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def _assert_own_forward_losses(model, order, windows, res) -> None:
@@ -57,13 +35,13 @@ def _assert_own_forward_losses(model, order, windows, res) -> None:
     assert gap.min() > -1e-5 and gap.max() < 1e-5, (gap.min(), gap.max())
 
 
-@pytest.mark.parametrize("kind", ["neox", "gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt_neox", "gpt2", "llama"])
 def test_chunked_head_gives_the_models_own_losses(kind, monkeypatch):
     """The split path (trunk, then the head on L2-sized chunks of target rows; several chunks
     here) against the model's own forward with the full logits reduced: the same X to float32
     rounding of the logits, and both above the exact loss of the model's own logits."""
     vocab = 97
-    model, order = _tiny(kind, vocab), _order(vocab)
+    model, order = tiny_causal_lm(kind, vocab), _order(vocab)
     assert wl._split_head(model, vocab) is not None
     monkeypatch.setattr(wl, "_CHUNK_ELEMS", 40 * vocab)            # 40-row chunks
     monkeypatch.setattr(wl, "_MIN_HEAD_ROWS", 16)
@@ -101,7 +79,7 @@ def test_post_processed_logits_run_the_model_whole():
 def test_head_on_every_row_when_the_vocabulary_is_large():
     """Above V = _CHUNK_ELEMS / _MIN_HEAD_ROWS one chunk would hold too few rows for an efficient
     head matmul: the model's own forward runs, and the result is the same kind."""
-    model = _tiny("neox", 50_304)
+    model = tiny_causal_lm("gpt_neox", 50_304)
     assert wl._split_head(model, 50_304) is None
     res = wl.window_losses(model, _order(50_304, T=16, batch=2, n_windows=3), [0, 1], alphas=(0.1,))
     assert len(res) > 0 and np.isfinite(res.loss).all()
@@ -191,12 +169,12 @@ def test_split_verdict_is_probed_once_per_model_and_head():
     module makes it probe again."""
     from genbound_assets.measure.head_split import split_head
 
-    model = _tiny("neox", 97)
+    model = tiny_causal_lm("gpt_neox", 97)
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
     first = split_head(model)
     assert first == (model.base_model, model.get_output_embeddings()) and len(calls) == 1
     assert split_head(model) is first and len(calls) == 1            # cached
-    model.set_output_embeddings(torch.nn.Linear(32, 97, bias=False))
+    model.set_output_embeddings(torch.nn.Linear(64, 97, bias=False))
     again = split_head(model)
     assert again == (model.base_model, model.get_output_embeddings()) and len(calls) == 2
