@@ -28,10 +28,12 @@ the rounding of the reduction harmless to the certificates (derivation: docs/bou
   is clamped into [H_min(alpha), log V] ([0, log V] unsmoothed), so the loss range
   Delta = log(V/alpha) - H_min is exact whatever the rounding.  It is computed as
   H(q) = -log c - c sum w log w (q = c w, c = (1 - alpha)/Z, w = e + alpha Z/((1 - alpha) V)),
-  one add and one log2 per entry; the log2 is numpy's (no error bound is needed for a proxy).
+  one add and one log per entry (no error bound is needed for a proxy).
 
-On a CPU the exp of Z is numpy's float32 exp, whose relative error (<= 2.1264e-7 over every
-float32, measured exhaustively: scripts/check_numpy_exp.py) is inside the derivation's 2^-22.
+On a CPU the exp of Z and the proxy's log are numpy's or torch's SIMD kernels, whichever is
+faster on the CPU at hand (EXP_KERNEL, _log: fixed by CPU flags).  Both exps have a relative error
+inside the derivation's 2^-22 over every float32 (at most 2.1264e-7; measured exhaustively by
+scripts/check_exp.py).
 """
 
 from __future__ import annotations
@@ -375,7 +377,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
             # w = e + alpha Z/((1 - alpha) V); the last alpha overwrites e (not needed after it)
             beta = (zc * (u / kp)).to(wd)[:, None]
             w = e.add_(beta) if i == len(alphas) - 1 else torch.add(e, beta, out=q_buf[:k])
-            wlw[i][c0:c1] = _rowdot(w, _log2(w, lq_buf[:k]))       # sum w log2 w
+            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))        # sum w log w (base _LOG_BASE)
     log_z = torch.log(z)
     x = (log_z + math.log1p(ETA)).sub_(dx)        # X >= the exact loss
     log_v = math.log(vocab)
@@ -387,7 +389,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     for i, (a, kp, u) in enumerate(zip(alphas, keeps, unifs, strict=True)):
         c = kp / z
         out[f"sl{i}"] = torch.log(px * kp + u).neg_()
-        out[f"se{i}"] = (-torch.log(c) - (c * math.log(2.0)) * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
+        out[f"se{i}"] = (-torch.log(c) - (c * _LOG_TO_NATS) * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
@@ -406,24 +408,52 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b.mul_(a).sum(-1).double()
 
 
-def _exp_(x: torch.Tensor) -> torch.Tensor:
-    """exp in place.  On a CPU in float32, numpy's SIMD exp (~2x torch's there): its relative
-    error is <= 2.1264e-7 < 2^-22 over every float32 (numpy's own exhaustive measurement, and
-    ours: scripts/check_numpy_exp.py), inside the exp allowance of docs/bounds.md, "Rounding of
-    the reduction"; without SIMD numpy calls libm's expf (<= 1 ulp).  Elsewhere torch's exp."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+def _numpy_has(feature: str) -> bool:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:                                   # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get(feature))
+
+
+# Z's exp on a CPU, whichever SIMD kernel is faster there (1 torch thread, 2 MB chunks): numpy's
+# on CPUs with AVX512F (~2x torch's), torch's (SLEEF) on AVX2-only CPUs (1.08 against numpy's 1.34
+# ns per entry).  Fixed per machine by CPU flags.  Both are inside the 2^-22 exp allowance of
+# docs/bounds.md, "Rounding of the reduction", measured over every float32 argument
+# (scripts/check_exp.py): numpy's largest relative error is 2.1264e-7 (its AVX2 and AVX512F
+# kernels alike; without SIMD numpy calls libm's expf, <= 1 ulp), torch's 6.32e-8 (AVX2).
+EXP_KERNEL = "numpy" if _numpy_has("AVX512F") else "torch"
+
+
+def _exp_(x: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
+    """exp in place, with ``kernel`` ("numpy" or "torch"; default EXP_KERNEL) for a contiguous
+    float32 tensor on a CPU; torch's exp elsewhere (CUDA's expf, <= 2 ulp)."""
+    if ((kernel or EXP_KERNEL) == "numpy" and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous()):
         a = x.numpy()
         np.exp(a, out=a)
         return x
     return x.exp_()
 
 
-def _log2(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Elementwise log2 into ``out``.  On a CPU, numpy's float32 log2 (SIMD, ~4x torch's log
-    there, and a quarter faster than numpy's log): it serves only the entropy proxy, which needs
-    no error bound (module docstring)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and out.is_contiguous():
+# The entropy proxy's logarithm, whichever kernel is fastest on the CPU at hand (measured, 1 torch
+# thread, 2 MB chunks): numpy's float32 log2 is SIMD (SVML) only on AVX512_SKX, where it is ~4x
+# torch's log; on an AVX2-only CPU it is libm's scalar log2f, 4.4 ns per entry against torch's
+# SIMD log at 1.35 ns.  The choice is fixed per machine (CPU flags, not timings), so repeated runs
+# give the same proxies; either log is within a few ulp, and a proxy needs no error bound.
+_NUMPY_SVML_LOG2 = _numpy_has("AVX512_SKX")
+_LOG_TO_NATS = math.log(2.0) if _NUMPY_SVML_LOG2 else 1.0
+
+
+def _log(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Elementwise logarithm into ``out``, in base 2 (numpy's SVML log2) or e (torch's log):
+    multiply by _LOG_TO_NATS for nats.  It serves only the entropy proxy, which needs no error
+    bound (module docstring)."""
+    if (_NUMPY_SVML_LOG2 and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous() and out.is_contiguous()):
         with np.errstate(invalid="ignore", divide="ignore"):   # NaN rows: the caller raises
             np.log2(x.numpy(), out=out.numpy())
         return out
+    if _LOG_TO_NATS == 1.0:
+        return torch.log(x, out=out)
     return torch.log2(x, out=out)
