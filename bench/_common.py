@@ -86,7 +86,7 @@ def machine_info() -> dict:
         "cpu": cpu_model(), "arch": platform.machine(), "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "mem_gib": mem_total_gib(), "python": platform.python_version(), "numpy": np.__version__,
-        "loadavg_start": LOAD_AT_START, "malloc_tuned": ALLOCATOR_TUNED,
+        "loadavg_start": LOAD_AT_START, "malloc_tuned": ALLOCATOR_TUNED, "simd": simd_level(),
         "hostname_kind": "shared CI/dev box" if os.cpu_count() and os.cpu_count() <= 2 else None,
     }
     try:
@@ -98,6 +98,19 @@ def machine_info() -> dict:
         pass
     info.update(blas_info())
     return info
+
+
+def simd_level() -> str | None:
+    """The widest x86 SIMD level numpy detects ("AVX512_SKX", "AVX512F", "AVX2", ...): exp and
+    log throughput, which several benches depend on, differs 3-10x between these (docs/performance.md)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as f
+    except ImportError:
+        return None
+    for level in ("AVX512_SPR", "AVX512_ICL", "AVX512_SKX", "AVX512F", "AVX2", "AVX", "ASIMD"):
+        if f.get(level):
+            return level
+    return None
 
 
 def one_thread() -> None:

@@ -190,10 +190,14 @@ def main(argv=None) -> dict:
           f"{r['ratio_window_vs_bare_paired']:.2f} ({r['ratio_window_vs_bare_cpu_paired']:.2f})",
           f"{r['ratio_window_vs_per_pair']:.1f} ({r['ratio_window_vs_per_pair_cpu']:.1f})",
           f"{r['window_peak_fraction']:.2f}, {r['bare_peak_fraction']:.2f}"] for r in rows])
+    from genbound_assets.measure import window_losses as wl
+
+    kernels = {"exp": wl.EXP_KERNEL, "proxy_log": "numpy log2" if wl._NUMPY_SVML_LOG2 else "torch log"}
     table.append(f"(matmul peak {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after; "
                  f"1 torch thread; medians of {'/'.join(str(reps[n]) for n in args.presets)} "
-                 f"round-robin repeats)")
-    return C.emit({"bench": "window_losses", "repeats": reps,
+                 f"round-robin repeats; SIMD {C.simd_level()}: {kernels['exp']} exp, "
+                 f"{kernels['proxy_log']})")
+    return C.emit({"bench": "window_losses", "repeats": reps, "kernels": kernels,
                    "matmul_peak_flops": peak, "matmul_peak_flops_after": peak_after,
                    "rows": rows, "headline": heads}, table)
 
