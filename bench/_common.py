@@ -103,12 +103,10 @@ def machine_info() -> dict:
 def simd_level() -> str | None:
     """The widest x86 SIMD level numpy detects ("AVX512_SKX", "AVX512F", "AVX2", ...): exp and
     log throughput, which several benches depend on, differs 3-10x between these (docs/performance.md)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as f
-    except ImportError:
-        return None
+    from genbound_assets.measure.window_losses import _numpy_has  # what picks its kernels
+
     for level in ("AVX512_SPR", "AVX512_ICL", "AVX512_SKX", "AVX512F", "AVX2", "AVX", "ASIMD"):
-        if f.get(level):
+        if _numpy_has(level):
             return level
     return None
 

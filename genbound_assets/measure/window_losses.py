@@ -377,7 +377,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
             # w = e + alpha Z/((1 - alpha) V); the last alpha overwrites e (not needed after it)
             beta = (zc * (u / kp)).to(wd)[:, None]
             w = e.add_(beta) if i == len(alphas) - 1 else torch.add(e, beta, out=q_buf[:k])
-            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))        # sum w log w (base _LOG_BASE)
+            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))        # sum w log w (x _LOG_TO_NATS: nats)
     log_z = torch.log(z)
     x = (log_z + math.log1p(ETA)).sub_(dx)        # X >= the exact loss
     log_v = math.log(vocab)
@@ -454,6 +454,4 @@ def _log(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         with np.errstate(invalid="ignore", divide="ignore"):   # NaN rows: the caller raises
             np.log2(x.numpy(), out=out.numpy())
         return out
-    if _LOG_TO_NATS == 1.0:
-        return torch.log(x, out=out)
-    return torch.log2(x, out=out)
+    return (torch.log2 if _NUMPY_SVML_LOG2 else torch.log)(x, out=out)
