@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
           f"{r['window_peak_fraction']:.2f}, {r['bare_peak_fraction']:.2f}"] for r in rows])
     from genbound_assets.measure import window_losses as wl
 
-    kernels = {"exp": wl.EXP_KERNEL, "proxy_log": "numpy log2" if wl._NUMPY_SVML_LOG2 else "torch log"}
+    kernels = wl.kernels()
     table.append(f"(matmul peak {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after; "
                  f"1 torch thread; medians of {'/'.join(str(reps[n]) for n in args.presets)} "
                  f"round-robin repeats; SIMD {C.simd_level()}: {kernels['exp']} exp, "

@@ -37,7 +37,6 @@ def test_loss_is_an_upper_bound_within_3e_6_and_proxies_stay_in_range(vocab, ker
     elsewhere) gives X within [X, X + 3e-6] and proxies within 1e-4 of the exact ones."""
     monkeypatch.setattr(wl, "EXP_KERNEL", kernels)
     monkeypatch.setattr(wl, "_NUMPY_SVML_LOG2", kernels == "numpy")
-    monkeypatch.setattr(wl, "_LOG_TO_NATS", math.log(2.0) if kernels == "numpy" else 1.0)
     logits, tgt = _logits(vocab)
     alphas = (smoothing_alpha(0.1386, vocab), 1e-3, 0.5)
     out = wl._reduce(logits, tgt, alphas, entropy=True)

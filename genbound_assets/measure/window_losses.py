@@ -349,6 +349,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     z = torch.empty(n, **f64)                     # sum exp(l - max l), >= 1
     pd = torch.empty(n, **f64) if entropy else None          # sum e d
     wlw = [torch.empty(n, **f64) for _ in alphas]           # sum w log w per alpha
+    log_to_nats = _log_to_nats()                            # wlw's log base -> nats
     for c0 in range(0, n, rows):
         c1 = min(n, c0 + rows)
         k = c1 - c0
@@ -377,7 +378,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
             # w = e + alpha Z/((1 - alpha) V); the last alpha overwrites e (not needed after it)
             beta = (zc * (u / kp)).to(wd)[:, None]
             w = e.add_(beta) if i == len(alphas) - 1 else torch.add(e, beta, out=q_buf[:k])
-            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))        # sum w log w (x _LOG_TO_NATS: nats)
+            wlw[i][c0:c1] = _rowdot(w, _log(w, lq_buf[:k]))        # sum w log w (x log_to_nats: nats)
     log_z = torch.log(z)
     x = (log_z + math.log1p(ETA)).sub_(dx)        # X >= the exact loss
     log_v = math.log(vocab)
@@ -389,7 +390,7 @@ def _reduce(logits, target: torch.Tensor, alphas: Sequence[float],
     for i, (a, kp, u) in enumerate(zip(alphas, keeps, unifs, strict=True)):
         c = kp / z
         out[f"sl{i}"] = torch.log(px * kp + u).neg_()
-        out[f"se{i}"] = (-torch.log(c) - (c * _LOG_TO_NATS) * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
+        out[f"se{i}"] = (-torch.log(c) - (c * log_to_nats) * wlw[i]).clamp_(smoothed_min_entropy(a, vocab), log_v)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
@@ -442,12 +443,21 @@ def _exp_(x: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
 # SIMD log at 1.35 ns.  The choice is fixed per machine (CPU flags, not timings), so repeated runs
 # give the same proxies; either log is within a few ulp, and a proxy needs no error bound.
 _NUMPY_SVML_LOG2 = _numpy_has("AVX512_SKX")
-_LOG_TO_NATS = math.log(2.0) if _NUMPY_SVML_LOG2 else 1.0
+
+
+def _log_to_nats() -> float:
+    """The factor from _log's base to nats: ln 2 for numpy's log2, 1 for torch's log."""
+    return math.log(2.0) if _NUMPY_SVML_LOG2 else 1.0
+
+
+def kernels() -> dict[str, str]:
+    """The CPU kernels this machine's reduction uses (for labelling measurements)."""
+    return {"exp": EXP_KERNEL, "proxy_log": "numpy log2" if _NUMPY_SVML_LOG2 else "torch log"}
 
 
 def _log(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Elementwise logarithm into ``out``, in base 2 (numpy's SVML log2) or e (torch's log):
-    multiply by _LOG_TO_NATS for nats.  It serves only the entropy proxy, which needs no error
+    multiply by _log_to_nats() for nats.  It serves only the entropy proxy, which needs no error
     bound (module docstring)."""
     if (_NUMPY_SVML_LOG2 and x.device.type == "cpu" and x.dtype == torch.float32
             and x.is_contiguous() and out.is_contiguous()):
