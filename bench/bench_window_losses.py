@@ -156,8 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--presets", nargs="+", default=["demo-133k", "pythia-shape", "pythia-70m"],
                     choices=sorted(PRESETS))
     ap.add_argument("--repeats", type=int, default=None,
-                    help="round-robin rounds per preset (default: the preset's: 21 for the "
-                         "demo shape, whose runs take 0.1 s, 7 for the stress shape, 11 for Pythia-70m)")
+                    help="round-robin rounds per preset (default: the preset's, "
+                         + ", ".join(f"{n} {p['repeats']}" for n, p in PRESETS.items()) + ")")
     args = ap.parse_args(argv)
     C.one_thread()
     peak = C.matmul_peak()
